@@ -1,0 +1,1 @@
+"""Backends: the only code that touches the world (NVML, host, Slurm)."""

@@ -1,0 +1,107 @@
+"""Simulation backends: the GPU interface and the host primitives served from a scenario."""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import time
+from typing import Any, List, Optional, Sequence
+
+from ..scenario import Scenario
+from .gpu import GpuBackend, GpuError
+from .host import CommandResult, Host, NVIDIA_VENDOR
+
+
+class SimGpu(GpuBackend):
+    kind = "sim"
+
+    def __init__(self, scenario: Scenario) -> None:
+        super().__init__()
+        self.scenario = scenario
+        self._gpus = scenario.nvml_gpus
+
+    def _fault(self, name: str, gpu: Optional[int]) -> None:
+        """Injected faults run inside the tracked call, so a hang looks like a hung NVML call."""
+        for fault in self.scenario.faults:
+            if fault.get("call", "*") not in ("*", name):
+                continue
+            if "gpu" in fault and fault["gpu"] != gpu:
+                continue
+            if "hang" in fault:
+                time.sleep(float(fault["hang"]))
+            if "error" in fault:
+                raise GpuError(fault["error"], name, gpu, fault.get("detail", "simulated"))
+
+    def _value(self, name: str, gpu: int) -> Any:
+        self._fault(name, gpu)
+        if gpu < 0 or gpu >= len(self._gpus):
+            raise GpuError("INVALID_ARGUMENT", name, gpu, "no GPU %d" % gpu)
+        value = self._gpus[gpu].get(name)
+        return copy.deepcopy(value)
+
+    def _driver_version(self) -> str:
+        self._fault("driver_version", None)
+        return str(self.scenario.node.get("driver_version", "570.133.20"))
+
+    def _device_count(self) -> int:
+        self._fault("device_count", None)
+        return len(self._gpus)
+
+    def __getattr__(self, attr: str) -> Any:
+        # _identity, _ecc, ... : every per-GPU call reads the scenario the same way.
+        if attr.startswith("_") and attr[1:] in _PER_GPU:
+            name = attr[1:]
+            return lambda gpu: self._value(name, gpu)
+        raise AttributeError(attr)
+
+
+_PER_GPU = {"identity", "ecc", "retired_pages", "remapped_rows", "pcie", "nvlink",
+            "clock_event_reasons", "temperature", "power", "modes", "fabric", "processes",
+            "utilization"}
+
+
+class SimHost(Host):
+    kind = "sim"
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.files = dict(scenario.files)
+        # Every GPU of the scenario is on PCI, whether NVML lists it or not.
+        for gpu in scenario.gpus:
+            bus = gpu["identity"]["pci_bus_id"].lower()
+            base = "/sys/bus/pci/devices/%s/" % bus
+            self.files.setdefault(base + "vendor", NVIDIA_VENDOR + "\n")
+            self.files.setdefault(base + "class", "0x030200\n")
+        self.files.setdefault("/proc/sys/kernel/random/boot_id",
+                              scenario.node.get("boot_id", "5b0e1b5e-0000-4000-8000-%012x" % 1) + "\n")
+
+    def read_text(self, path: str) -> Optional[str]:
+        return self.files.get(path)
+
+    def listdir(self, path: str) -> List[str]:
+        prefix = path.rstrip("/") + "/"
+        names = {p[len(prefix):].split("/", 1)[0] for p in self.files if p.startswith(prefix)}
+        return sorted(names)
+
+    def run(self, argv: Sequence[str], timeout: float) -> CommandResult:
+        line = " ".join(argv)
+        spec = self.scenario.commands.get(line)
+        if spec is None:
+            for pattern, candidate in self.scenario.commands.items():
+                if fnmatch.fnmatchcase(line, pattern):
+                    spec = candidate
+                    break
+        if spec is None:
+            return CommandResult(127, "", "%s: command not found (not in scenario)" % argv[0])
+        hang = float(spec.get("hang", 0))
+        if hang:
+            time.sleep(min(hang, timeout))
+            if hang >= timeout:
+                return CommandResult(124, "", "%s: timed out after %gs" % (argv[0], timeout), True)
+        return CommandResult(int(spec.get("rc", 0)), str(spec.get("stdout", "")), str(spec.get("stderr", "")))
+
+    def kernel_log_lines(self) -> List[str]:
+        return list(self.scenario.kernel_log)
+
+    def instance_type(self, timeout: float) -> Optional[str]:
+        return self.scenario.node.get("instance_type")
+

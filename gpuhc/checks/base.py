@@ -1,0 +1,141 @@
+"""What every check shares: the run context, per-GPU gathering, and GPU errors mapped to findings.
+
+A check module defines::
+
+    NAME = "ecc"
+    NEEDS_GPU = True                  # skipped when the GPU library is unavailable or hung
+    def gather(ctx) -> data           # backend calls only; bounded by the runner's timeout
+    def evaluate(data, profile, config) -> [Finding]   # pure; tested on fixtures
+
+``gather`` for per-GPU data uses :func:`per_gpu`, whose entries ``evaluate``
+turns into findings with :func:`gpu_findings`, so a lost GPU or an NVML
+error is reported once, the same way, by every check.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+from ..backends import gpu as G
+from ..backends.gpu import GpuBackend, GpuError
+from ..backends.host import Host
+from ..model import Finding, GpuRef, Severity
+from ..profiles import Profile
+
+
+@dataclass
+class Inventory:
+    """What NVML lists, gathered once per run by the ``nvml`` check."""
+    driver_version: Optional[str] = None
+    gpus: List[GpuRef] = field(default_factory=list)
+    names: Dict[int, str] = field(default_factory=dict)
+    serials: Dict[int, Optional[str]] = field(default_factory=dict)
+    errors: Dict[int, GpuError] = field(default_factory=dict)   # per-GPU identity failures
+    error: Optional[GpuError] = None                             # node-wide failure
+
+    @property
+    def model(self) -> Optional[str]:
+        names = [n for n in self.names.values() if n]
+        return names[0] if names else None
+
+
+@dataclass
+class Context:
+    node: str
+    context: str
+    gpu: GpuBackend
+    host: Host
+    config: Dict[str, Any]
+    profile: Optional[Profile] = None
+    job_id: Optional[str] = None
+    inventory: Optional[Inventory] = None
+
+    def command_timeout(self) -> float:
+        return float(self.config["timeouts"]["command"])
+
+    def gpu_unavailable(self) -> Optional[str]:
+        """Why GPU checks cannot run now, or None."""
+        if self.gpu.hung is not None:
+            call, gpu, _ = self.gpu.hung
+            return "GPU library hung in %s%s" % (call, "" if gpu is None else " on GPU %d" % gpu)
+        if self.inventory is not None and self.inventory.error is not None:
+            return "GPU library unavailable: %s" % self.inventory.error.code
+        return None
+
+    def healthy_gpus(self) -> List[GpuRef]:
+        inv = self.inventory
+        if inv is None:
+            return []
+        return [ref for ref in inv.gpus if ref.index not in inv.errors]
+
+
+@dataclass
+class Entry:
+    """One GPU's answer to a gather step: a value or an error."""
+    gpu: GpuRef
+    value: Any = None
+    error: Optional[GpuError] = None
+
+
+def per_gpu(ctx: Context, fn: Callable[[int], Any]) -> List[Entry]:
+    """Call ``fn(index)`` for every GPU that answered the inventory; a per-GPU error is kept
+    in its entry; a node-wide one propagates (the runner reports it)."""
+    out = []
+    for ref in ctx.healthy_gpus():
+        try:
+            out.append(Entry(ref, fn(ref.index)))
+        except GpuError as err:
+            if err.node_wide:
+                raise
+            out.append(Entry(ref, error=err))
+    return out
+
+
+_GPU_ERROR_SEVERITY = {
+    G.GPU_IS_LOST: (Severity.REBOOT, "GPU is lost: it fell off the bus or stopped responding",
+                    "drain and reboot the node; if it recurs, reseat or replace the GPU (see Xid 79)"),
+    G.RESET_REQUIRED: (Severity.RESET, "GPU requires a reset", "drain and reset the GPU (nvidia-smi -r) or reboot"),
+    G.TIMEOUT: (Severity.REBOOT, "NVML call timed out", "drain and reboot the node"),
+    G.IRQ_ISSUE: (Severity.REBOOT, "interrupt problem talking to the GPU", "drain and reboot the node"),
+    G.INSUFFICIENT_POWER: (Severity.ISOLATE, "GPU reports insufficient power (power cable or supply)",
+                           "check the GPU's power connectors and supply"),
+    G.NOT_SUPPORTED: (Severity.SKIP, "not supported on this GPU", ""),
+}
+
+
+def gpu_error_finding(check: str, err: GpuError, gpu: Optional[GpuRef] = None,
+                      profile: Optional[Profile] = None) -> Finding:
+    """The one mapping from a GPU library error to a finding."""
+    if err.node_wide:
+        expects = profile.expects_gpus if profile is not None else None
+        what = {G.LIBRARY_NOT_FOUND: "NVIDIA driver library (libnvidia-ml) not found",
+                G.DRIVER_NOT_LOADED: "NVIDIA driver not loaded",
+                G.UNINITIALIZED: "NVML could not be initialised"}[err.code]
+        if expects is False:
+            return Finding(check, Severity.SKIP, "%s; this profile expects no GPU" % what)
+        if expects is None:
+            return Finding(check, Severity.ERROR, "%s; profile %s does not say whether GPUs are expected"
+                           % (what, profile.name if profile else "?"),
+                           remediation="load the NVIDIA driver, or set a profile in config.yaml")
+        return Finding(check, Severity.REBOOT, "%s but profile %s expects %d GPUs" % (what, profile.name, profile.gpus),
+                       remediation="drain and reboot the node; check the driver install (dmesg, nvidia-smi)")
+    severity, text, hint = _GPU_ERROR_SEVERITY.get(err.code, (Severity.ERROR, "GPU library error", ""))
+    detail = "%s (%s in %s%s)" % (text, err.code, err.call, ": " + err.detail if err.detail else "")
+    return Finding(check, severity, detail, gpu=gpu, remediation=hint)
+
+
+def gpu_findings(check: str, entries: List[Entry],
+                 evaluate_one: Callable[[GpuRef, Any], List[Finding]]) -> List[Finding]:
+    """Findings of every entry: its error mapped once, or ``evaluate_one(gpu, value)``."""
+    out: List[Finding] = []
+    for entry in entries:
+        if entry.error is not None:
+            out.append(gpu_error_finding(check, entry.error, entry.gpu))
+        else:
+            out.extend(evaluate_one(entry.gpu, entry.value))
+    return out
+
+
+def worst(findings: List[Finding]) -> Severity:
+    return max((f.severity for f in findings if f.severity.is_tier), key=lambda s: s.rank,
+               default=Severity.PASS)

@@ -1,0 +1,48 @@
+"""gpu_count: GPUs NVML lists against the profile and against the NVIDIA GPUs on PCI (sysfs)."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from ..model import Finding, Severity
+from .base import Context
+
+NAME = "gpu_count"
+NEEDS_GPU = True
+
+
+def gather(ctx: Context) -> Dict[str, Any]:
+    inv = ctx.inventory
+    return {
+        "nvml": [(ref.index, ref.pci_bus_id) for ref in inv.gpus],
+        "names": [inv.names.get(ref.index, "") for ref in inv.gpus],
+        "pci": ctx.host.pci_nvidia_gpus(),
+    }
+
+
+def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
+    out: List[Finding] = []
+    nvml_bus = {bus for _, bus in data["nvml"] if bus}
+    pci = data["pci"]
+    count = len(data["nvml"])
+    missing = [bus for bus in pci if bus not in nvml_bus]
+    for bus in missing:
+        out.append(Finding(NAME, Severity.REBOOT, "GPU %s is on PCI but NVML does not list it" % bus,
+                           device=bus, remediation="drain and reboot; if it stays missing, reseat or replace the GPU"))
+    expected = profile.gpus if profile is not None else None
+    seen = max(count, len(pci))
+    if expected is not None and seen < expected:
+        out.append(Finding(NAME, Severity.REBOOT, "%d GPUs on PCI and %d in NVML, profile %s expects %d"
+                           % (len(pci), count, profile.name, expected),
+                           remediation="drain and reboot; a GPU still missing after reboot needs the hardware checked"))
+    elif expected is not None and count > expected:
+        out.append(Finding(NAME, Severity.MONITOR, "NVML lists %d GPUs, profile %s expects %d: is the profile right?"
+                           % (count, profile.name, expected)))
+    if profile is not None and profile.model:
+        wrong = sorted({n for n in data["names"] if n and profile.model.lower() not in n.lower()})
+        if wrong:
+            out.append(Finding(NAME, Severity.MONITOR, "GPU model %s is not the profile's %s" % (", ".join(wrong), profile.model),
+                               remediation="check the instance profile for this node"))
+    if not out:
+        out.append(Finding(NAME, Severity.PASS, "%d GPUs in NVML, %d on PCI" % (count, len(pci)),
+                           metrics={"gpus": count, "pci_gpus": len(pci)}))
+    return out

@@ -1,0 +1,48 @@
+"""memory_remap: row remapping (Ampere and later) and page retirement (earlier GPUs)."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from ..model import Finding, GpuRef, Severity
+from .base import Context, gpu_findings, per_gpu
+
+NAME = "memory_remap"
+NEEDS_GPU = True
+RETIRED_PAGES_LIMIT = 60     # the retirement table holds 64 pages; near full means replace
+
+
+def gather(ctx: Context) -> Dict[str, Any]:
+    def both(i: int) -> Dict[str, Any]:
+        return {"rows": ctx.gpu.remapped_rows(i), "pages": ctx.gpu.retired_pages(i)}
+    return {"gpus": per_gpu(ctx, both)}
+
+
+def _one(gpu: GpuRef, v: Dict[str, Any]) -> List[Finding]:
+    out = []
+    rows = v.get("rows") or {}
+    pages = v.get("pages") or {}
+    metrics = {k: v for k, v in {
+        "remapped_rows_correctable": rows.get("correctable"), "remapped_rows_uncorrectable": rows.get("uncorrectable"),
+        "retired_pages_sbe": pages.get("single_bit"), "retired_pages_dbe": pages.get("double_bit")}.items()
+        if v is not None}
+    if rows.get("failure"):
+        out.append(Finding(NAME, Severity.ISOLATE, "row remapping failed: a memory bank has no spare rows left",
+                           gpu=gpu, metrics=metrics, remediation="take the GPU out of service and open an RMA"))
+    elif rows.get("pending"):
+        out.append(Finding(NAME, Severity.RESET, "row remapping pending (%s uncorrectable rows)" % rows.get("uncorrectable"),
+                           gpu=gpu, metrics=metrics, remediation="drain and reset the GPU to apply the remap"))
+    if rows.get("pending") is None and rows.get("failure") is None:
+        retired = (pages.get("single_bit") or 0) + (pages.get("double_bit") or 0)
+        if retired >= RETIRED_PAGES_LIMIT:
+            out.append(Finding(NAME, Severity.ISOLATE, "%d retired pages: the retirement table is nearly full" % retired,
+                               gpu=gpu, metrics=metrics, remediation="replace the GPU"))
+        elif pages.get("pending"):
+            out.append(Finding(NAME, Severity.RESET, "page retirement pending", gpu=gpu, metrics=metrics,
+                               remediation="drain and reset the GPU to retire the pages"))
+    if not out:
+        out.append(Finding(NAME, Severity.PASS, "no remap pending or failed", gpu=gpu, metrics=metrics))
+    return out
+
+
+def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
+    return gpu_findings(NAME, data["gpus"], _one)

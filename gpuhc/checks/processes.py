@@ -1,0 +1,35 @@
+"""processes: compute processes on the GPUs when no job should own them (prolog, epilog)."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from ..model import Finding, GpuRef, Severity
+from .base import Context, gpu_findings, per_gpu
+
+NAME = "processes"
+NEEDS_GPU = True
+# Contexts in which no job owns the GPUs: a process found then is a leftover.
+UNOWNED = ("prolog", "epilog", "sweep", "quarantine")
+
+
+def gather(ctx: Context) -> Dict[str, Any]:
+    return {"gpus": per_gpu(ctx, ctx.gpu.processes), "context": ctx.context}
+
+
+def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
+    unowned = data.get("context") in UNOWNED
+
+    def one(gpu: GpuRef, procs: List[Dict[str, Any]]) -> List[Finding]:
+        if not procs:
+            return []
+        desc = ", ".join("%s[%s]" % (p.get("name") or "?", p.get("pid")) for p in procs[:4])
+        if unowned:
+            return [Finding(NAME, Severity.MONITOR, "%d leftover compute process(es): %s" % (len(procs), desc), gpu=gpu,
+                            metrics={"processes": len(procs)}, remediation="kill the leftover processes")]
+        return [Finding(NAME, Severity.PASS, "%d compute process(es): %s" % (len(procs), desc), gpu=gpu,
+                        metrics={"processes": len(procs)})]
+
+    out = gpu_findings(NAME, data["gpus"], one)
+    if not out:
+        out.append(Finding(NAME, Severity.PASS, "no compute processes"))
+    return out

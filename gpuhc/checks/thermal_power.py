@@ -1,0 +1,49 @@
+"""thermal_power: temperature against the GPU's own slowdown/shutdown thresholds; power limit below default."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from ..model import Finding, GpuRef, Severity
+from .base import Context, gpu_findings, per_gpu
+
+NAME = "thermal_power"
+NEEDS_GPU = True
+MARGIN_C = 5          # MONITOR within this many degrees of the slowdown threshold
+POWER_CAP_RATIO = 0.95
+
+
+def gather(ctx: Context) -> Dict[str, Any]:
+    def both(i: int) -> Dict[str, Any]:
+        return {"temperature": ctx.gpu.temperature(i), "power": ctx.gpu.power(i)}
+    return {"gpus": per_gpu(ctx, both)}
+
+
+def _one(gpu: GpuRef, v: Dict[str, Any]) -> List[Finding]:
+    out = []
+    t = v.get("temperature") or {}
+    p = v.get("power") or {}
+    temp, slow, shut = t.get("gpu"), t.get("slowdown"), t.get("shutdown")
+    metrics = {k: val for k, val in {"temperature_c": temp, "power_w": p.get("usage_w"),
+                                     "power_limit_w": p.get("enforced_limit_w") or p.get("limit_w")}.items()
+               if val is not None}
+    if temp is not None and shut and temp >= shut - 3:
+        out.append(Finding(NAME, Severity.ISOLATE, "%d C, near the shutdown threshold %d C" % (temp, shut), gpu=gpu,
+                           metrics=metrics, remediation="take the node out of service and check fans and airflow"))
+    elif temp is not None and slow and temp >= slow:
+        out.append(Finding(NAME, Severity.RESET, "%d C, at or above the slowdown threshold %d C" % (temp, slow), gpu=gpu,
+                           metrics=metrics, remediation="check cooling; the GPU throttles at this temperature"))
+    elif temp is not None and slow and temp >= slow - MARGIN_C:
+        out.append(Finding(NAME, Severity.MONITOR, "%d C, within %d C of slowdown (%d C)" % (temp, MARGIN_C, slow),
+                           gpu=gpu, metrics=metrics))
+    limit = p.get("enforced_limit_w") or p.get("limit_w")
+    default = p.get("default_limit_w")
+    if limit and default and limit < default * POWER_CAP_RATIO:
+        out.append(Finding(NAME, Severity.MONITOR, "power limit %.0f W below the default %.0f W" % (limit, default),
+                           gpu=gpu, metrics=metrics, remediation="restore it: nvidia-smi -i %d -pl %.0f" % (gpu.index, default)))
+    if not out:
+        out.append(Finding(NAME, Severity.PASS, "%s C, power limit %s W" % (temp, limit), gpu=gpu, metrics=metrics))
+    return out
+
+
+def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
+    return gpu_findings(NAME, data["gpus"], _one)

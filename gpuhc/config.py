@@ -1,0 +1,179 @@
+"""config.yaml: defaults, validation (unknown key or wrong type names its path), loading.
+
+Search order: ``--config PATH``, ``$GPUHC_CONFIG``, ``/etc/gpuhc/config.yaml``; none is needed.
+The loaded file is deep-merged over the defaults, so a file only says what differs.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Dict, Optional
+
+from .errors import ConfigError
+from .yamlio import parse_yaml
+
+DEFAULT_PATH = "/etc/gpuhc/config.yaml"
+
+LIGHTWEIGHT = ["gpu_count", "xid", "ecc", "memory_remap", "pcie", "nvlink", "clocks",
+               "thermal_power", "gpu_config", "fabric", "processes"]
+
+
+def _default_store() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/gpuhc"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "gpuhc")
+
+
+def defaults() -> Dict[str, Any]:
+    store = _default_store()
+    return {
+        "store": store,
+        "state_dir": os.path.join(store, "local"),
+        "simulate": None,
+        "profiles": None,
+        "profile": None,
+        "kernel_log": "auto",
+        "detect": {"slurm_features": True, "cloud_metadata": True, "cloud_timeout": 0.3},
+        "suites": {
+            "prolog": list(LIGHTWEIGHT),
+            "epilog": list(LIGHTWEIGHT),
+            "healthcheck": list(LIGHTWEIGHT),
+            "lightweight": list(LIGHTWEIGHT),
+            "intensive": list(LIGHTWEIGHT),
+        },
+        "context_suites": {"prolog": "prolog", "epilog": "epilog", "healthcheck": "healthcheck",
+                           "check": "lightweight", "sweep": "lightweight", "quarantine": "intensive"},
+        "timeouts": {
+            "check": 5.0,
+            "checks": {},
+            "budget": {"prolog": 8.0, "epilog": 20.0, "healthcheck": 20.0, "check": 60.0,
+                       "sweep": 600.0, "quarantine": 3600.0},
+            "command": 10.0,
+        },
+    }
+
+
+class _MapOf:
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+
+
+class _ListOf:
+    def __init__(self, item: Any) -> None:
+        self.item = item
+
+
+NUM = (int, float)
+OPT_STR = (str, type(None))
+
+SCHEMA: Dict[str, Any] = {
+    "store": str,
+    "state_dir": str,
+    "simulate": OPT_STR,
+    "profiles": OPT_STR,
+    "profile": OPT_STR,
+    "kernel_log": str,
+    "detect": {"slurm_features": bool, "cloud_metadata": bool, "cloud_timeout": NUM},
+    "suites": _MapOf(_ListOf(str)),
+    "context_suites": _MapOf(str),
+    "timeouts": {
+        "check": NUM,
+        "checks": _MapOf(NUM),
+        "budget": _MapOf(NUM),
+        "command": NUM,
+    },
+}
+
+
+def _type_name(spec: Any) -> str:
+    if isinstance(spec, dict):
+        return "a mapping"
+    if isinstance(spec, _MapOf):
+        return "a mapping"
+    if isinstance(spec, _ListOf):
+        return "a list"
+    types = spec if isinstance(spec, tuple) else (spec,)
+    names = {int: "a number", float: "a number", str: "a string", bool: "true or false",
+             type(None): "null"}
+    return " or ".join(sorted({names.get(t, t.__name__) for t in types}))
+
+
+def _check(value: Any, spec: Any, path: str, source: str) -> None:
+    def fail(msg: str) -> ConfigError:
+        return ConfigError("%s: %s: %s" % (source, path, msg))
+
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            raise fail("expected %s, got %s" % (_type_name(spec), type(value).__name__))
+        for key, sub in value.items():
+            if key not in spec:
+                raise ConfigError("%s: %s: unknown key (known: %s)"
+                                  % (source, "%s.%s" % (path, key) if path else key, ", ".join(spec)))
+            _check(sub, spec[key], "%s.%s" % (path, key) if path else str(key), source)
+        return
+    if isinstance(spec, _MapOf):
+        if not isinstance(value, dict):
+            raise fail("expected a mapping, got %s" % type(value).__name__)
+        for key, sub in value.items():
+            _check(sub, spec.spec, "%s.%s" % (path, key), source)
+        return
+    if isinstance(spec, _ListOf):
+        if not isinstance(value, list):
+            raise fail("expected a list, got %s" % type(value).__name__)
+        for n, item in enumerate(value):
+            _check(item, spec.item, "%s[%d]" % (path, n), source)
+        return
+    types = spec if isinstance(spec, tuple) else (spec,)
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok:
+        raise fail("expected %s, got %r" % (_type_name(spec), value))
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise fail("must not be negative")
+
+
+def merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "suites":
+            out[key] = merge(out[key], value)
+        elif key == "suites" and isinstance(value, dict):
+            out[key] = dict(out[key], **value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def validate(data: Any, source: str = "config") -> Dict[str, Any]:
+    if data is None:
+        data = {}
+    _check(data, SCHEMA, "", source)
+    return merge(defaults(), data)
+
+
+def load(path: Optional[str] = None) -> Dict[str, Any]:
+    """The effective configuration. An explicitly named file must exist; the default may not."""
+    explicit = path or os.environ.get("GPUHC_CONFIG")
+    path = explicit or DEFAULT_PATH
+    try:
+        with open(path) as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError("%s: config file not found" % path) from None
+        return defaults()
+    except OSError as exc:
+        raise ConfigError("%s: cannot read: %s" % (path, exc.strerror or exc)) from None
+    data = parse_yaml(text, path, ConfigError)
+    cfg = validate(data, path)
+    cfg["_path"] = path
+    return cfg
+
+
+def check_timeout(cfg: Dict[str, Any], check: str) -> float:
+    return float(cfg["timeouts"]["checks"].get(check, cfg["timeouts"]["check"]))
+
+
+def budget(cfg: Dict[str, Any], context: str) -> float:
+    budgets = cfg["timeouts"]["budget"]
+    return float(budgets.get(context, budgets.get("check", 60.0)))

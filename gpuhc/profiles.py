@@ -1,0 +1,197 @@
+"""instance-profiles.conf: per instance type / node class expectations, and profile detection."""
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field, fields
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+from .errors import ProfileError
+
+PACKAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "instance-profiles.conf")
+GENERIC = "generic"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    gpus: Optional[int] = None
+    model: Optional[str] = None
+    nvlinks: Optional[int] = None
+    nvswitch: Optional[bool] = None
+    efa: Optional[int] = None
+    ib: Optional[int] = None
+    ib_rate: Optional[float] = None
+    pcie_gen: Optional[int] = None
+    pcie_width: Optional[int] = None
+    ecc: Optional[bool] = None
+    mig: Optional[str] = None           # "yes" | "no" | "any"
+    memory_gib: Optional[float] = None
+    busbw_gbps: Optional[float] = None
+    matmul_tflops: Optional[float] = None
+    auto: bool = True
+    aliases: Tuple[str, ...] = ()
+    description: str = ""
+    source: str = ""                    # file:line it came from
+
+    @property
+    def expects_gpus(self) -> Optional[bool]:
+        """True/False when the profile says whether the node has GPUs; None when it does not say."""
+        return None if self.gpus is None else self.gpus > 0
+
+    def to_dict(self) -> Dict[str, object]:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value not in (None, (), ""):
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def _int(v: str) -> int:
+    n = int(v)
+    if n < 0:
+        raise ValueError("must not be negative")
+    return n
+
+
+def _float(v: str) -> float:
+    x = float(v)
+    if x < 0:
+        raise ValueError("must not be negative")
+    return x
+
+
+def _bool(v: str) -> bool:
+    low = v.lower()
+    if low in ("yes", "true", "1", "on"):
+        return True
+    if low in ("no", "false", "0", "off"):
+        return False
+    raise ValueError("expected yes or no")
+
+
+def _mig(v: str) -> str:
+    if v.lower() not in ("yes", "no", "any"):
+        raise ValueError("expected yes, no or any")
+    return v.lower()
+
+
+def _aliases(v: str) -> Tuple[str, ...]:
+    return tuple(a for a in (x.strip() for x in v.split(",")) if a)
+
+
+KEYS: Dict[str, Callable[[str], object]] = {
+    "gpus": _int, "model": str, "nvlinks": _int, "nvswitch": _bool, "efa": _int, "ib": _int,
+    "ib_rate": _float, "pcie_gen": _int, "pcie_width": _int, "ecc": _bool, "mig": _mig,
+    "memory_gib": _float, "busbw_gbps": _float, "matmul_tflops": _float, "auto": _bool,
+    "aliases": _aliases, "description": str,
+}
+
+
+def parse(text: str, path: str = "<string>") -> Dict[str, Profile]:
+    """Profiles by name, in file order. Raises ProfileError naming file and line."""
+    profiles: Dict[str, Profile] = {}
+    names: Dict[str, str] = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        where = "%s:%d" % (path, lineno)
+        try:
+            tokens = shlex.split(raw, comments=True)
+        except ValueError as exc:
+            raise ProfileError("%s: %s" % (where, exc)) from None
+        if not tokens:
+            continue
+        name, items = tokens[0], tokens[1:]
+        if "=" in name:
+            raise ProfileError("%s: a line starts with the profile name, not %r" % (where, name))
+        values: Dict[str, object] = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ProfileError("%s: expected key=value, got %r" % (where, item))
+            if key not in KEYS:
+                raise ProfileError("%s: unknown key %r (known: %s)" % (where, key, ", ".join(KEYS)))
+            if key in values:
+                raise ProfileError("%s: key %r given twice" % (where, key))
+            try:
+                values[key] = KEYS[key](value)
+            except ValueError as exc:
+                raise ProfileError("%s: %s=%r: %s" % (where, key, value, exc)) from None
+        if values.get("model"):
+            values.setdefault("ecc", True)
+            values.setdefault("mig", "no")
+        profile = Profile(name=name, source=where, **values)  # type: ignore[arg-type]
+        for label in (name,) + profile.aliases:
+            if label in names:
+                raise ProfileError("%s: name %r already used at %s" % (where, label, names[label]))
+            names[label] = where
+        profiles[name] = profile
+    if GENERIC not in profiles:
+        profiles[GENERIC] = Profile(name=GENERIC, description="built-in fallback", source="built-in")
+    return profiles
+
+
+def load(path: Optional[str] = None) -> Dict[str, Profile]:
+    path = path or PACKAGE_FILE
+    try:
+        with open(path) as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ProfileError("%s: cannot read: %s" % (path, exc.strerror or exc)) from None
+    return parse(text, path)
+
+
+def lookup(profiles: Dict[str, Profile], label: str) -> Optional[Profile]:
+    """A profile by name or alias."""
+    if label in profiles:
+        return profiles[label]
+    for profile in profiles.values():
+        if label in profile.aliases:
+            return profile
+    return None
+
+
+def match_gpus(profiles: Dict[str, Profile], gpu_name: str, count: int) -> Optional[Profile]:
+    """The first auto profile whose model is in the GPU name and whose count matches."""
+    low = gpu_name.lower()
+    for profile in profiles.values():
+        if profile.auto and profile.model and profile.model.lower() in low and profile.gpus == count:
+            return profile
+    return None
+
+
+@dataclass
+class Detection:
+    profile: Profile
+    how: str                      # config | slurm-feature | instance-type | gpu-model | fallback
+    notes: List[str] = field(default_factory=list)
+
+
+def detect(profiles: Dict[str, Profile], forced: Optional[str] = None,
+           features: Callable[[], Iterable[str]] = lambda: (),
+           instance_type: Callable[[], Optional[str]] = lambda: None,
+           gpu_model: Callable[[], Optional[Tuple[str, int]]] = lambda: None) -> Detection:
+    """Detection order of DESIGN.md section 5; each source is asked only when the earlier ones gave nothing."""
+    if forced:
+        profile = lookup(profiles, forced)
+        if profile is None:
+            raise ProfileError("profile %r (from config) is not in the instance profiles (known: %s)"
+                               % (forced, ", ".join(profiles)))
+        return Detection(profile, "config")
+    for feature in features() or ():
+        profile = lookup(profiles, feature)
+        if profile is not None:
+            return Detection(profile, "slurm-feature")
+    itype = instance_type()
+    if itype:
+        profile = lookup(profiles, itype)
+        if profile is not None:
+            return Detection(profile, "instance-type")
+    notes = ["instance type %s has no profile" % itype] if itype else []
+    found = gpu_model()
+    if found:
+        name, count = found
+        profile = match_gpus(profiles, name, count)
+        if profile is not None:
+            return Detection(profile, "gpu-model", notes)
+    return Detection(profiles[GENERIC], "fallback", notes)

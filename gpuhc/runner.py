@@ -1,0 +1,166 @@
+"""Runs the checks of a suite: per-check timeouts inside one total budget; a check that
+times out or raises becomes a finding naming it, and the run goes on.
+
+Each check's gather step runs in a daemon thread the runner waits on for at most
+the check's timeout (or what is left of the budget): a GPU call stuck in the
+kernel cannot be interrupted, but it cannot hold the run either. When the time
+runs out inside a GPU call, the GPU library is marked hung (REBOOT) and later GPU
+checks are skipped instead of queueing behind it.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+from . import checks as catalogue
+from . import config as C
+from . import profiles as P
+from .backends.gpu import GpuError
+from .checks.base import Context, gpu_error_finding
+from .errors import ConfigError
+from .model import Finding, GpuRef, Report, Severity
+
+
+class _Timeout(Exception):
+    pass
+
+
+def suite_checks(cfg: dict, suite: str) -> List[str]:
+    suites = cfg["suites"]
+    if suite not in suites:
+        raise ConfigError("unknown suite %r (defined: %s)" % (suite, ", ".join(sorted(suites))))
+    return validate_names(suites[suite], "suites.%s" % suite)
+
+
+def validate_names(names: Sequence[str], where: str) -> List[str]:
+    known = catalogue.names()
+    for n, name in enumerate(names):
+        if name not in known:
+            raise ConfigError("%s[%d]: unknown check %r (known: %s)" % (where, n, name, ", ".join(known)))
+    return list(names)
+
+
+def bounded(fn: Callable[[], Any], timeout: float) -> Any:
+    """fn() in a daemon thread; raises _Timeout if it has not returned within ``timeout`` seconds."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:   # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="gpuhc-check", daemon=True)
+    thread.start()
+    thread.join(max(timeout, 0.0))
+    if thread.is_alive():
+        raise _Timeout()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+class Runner:
+    def __init__(self, ctx: Context, profiles: dict, detect: Callable[[Context], P.Detection]):
+        self.ctx = ctx
+        self.profiles = profiles
+        self.detect = detect
+        self.detection: Optional[P.Detection] = None
+
+    def _hang_finding(self, name: str, timeout: float) -> Finding:
+        hung = self.ctx.gpu.mark_hung()
+        if hung is not None:
+            call, gpu, _ = hung
+            ref = GpuRef(gpu) if gpu is not None else None
+            inv = self.ctx.inventory
+            if inv is not None and gpu is not None:
+                ref = next((r for r in inv.gpus if r.index == gpu), ref)
+            return Finding(name, Severity.REBOOT, "GPU library call %s%s did not return within %gs"
+                           % (call, "" if gpu is None else " on GPU %d" % gpu, timeout), gpu=ref,
+                           remediation="drain and reboot the node: the GPU or its driver is hung")
+        return Finding(name, Severity.ERROR, "check did not finish within %gs" % timeout)
+
+    def run_check(self, name: str, deadline: float) -> Tuple[List[Finding], Any]:
+        module = catalogue.load(name)
+        if getattr(module, "NEEDS_GPU", False):
+            why = self.ctx.gpu_unavailable()
+            if why is not None:
+                return [Finding(name, Severity.SKIP, "not run: %s" % why)], None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return [Finding(name, Severity.ERROR, "not run: the run's time budget was used up")], None
+        timeout = min(C.check_timeout(self.ctx.config, name), remaining)
+        try:
+            data = bounded(lambda: module.gather(self.ctx), timeout)
+        except _Timeout:
+            return [self._hang_finding(name, timeout)], None
+        except GpuError as err:
+            return [gpu_error_finding(name, err, profile=self.ctx.profile)], None
+        except Exception as exc:
+            return [Finding(name, Severity.ERROR, "check failed while gathering: %s: %s" % (type(exc).__name__, exc))], None
+        return self.evaluate(name, module, data), data
+
+    def evaluate(self, name: str, module: Any, data: Any) -> List[Finding]:
+        try:
+            findings = list(module.evaluate(data, self.ctx.profile, self.ctx.config))
+        except Exception as exc:
+            return [Finding(name, Severity.ERROR, "check failed while evaluating: %s: %s" % (type(exc).__name__, exc))]
+        return findings or [Finding(name, Severity.PASS, "ok")]
+
+    def run(self, names: Sequence[str], budget: float, suite: Optional[str] = None) -> Report:
+        started_wall = time.time()
+        deadline = time.monotonic() + budget
+        findings: List[Finding] = []
+        names = list(names)
+        needs_gpu = any(getattr(catalogue.load(n), "NEEDS_GPU", False) for n in names)
+        if (needs_gpu or "xid" in names) and "nvml" not in names:
+            names.insert(0, "nvml")
+        elif "nvml" in names:
+            names.remove("nvml")
+            names.insert(0, "nvml")
+        # nvml's gather gives the inventory profile detection uses; its findings need the profile.
+        first_data = None
+        if names and names[0] == "nvml":
+            nvml_findings, first_data = self._gather_inventory(deadline)
+        self.detection = self.detect(self.ctx)
+        self.ctx.profile = self.detection.profile
+        if names and names[0] == "nvml":
+            if first_data is not None:
+                nvml_findings = self.evaluate("nvml", catalogue.load("nvml"), first_data)
+            findings.extend(nvml_findings)
+            names = names[1:]
+        for name in names:
+            out, _ = self.run_check(name, deadline)
+            findings.extend(out)
+        return Report(node=self.ctx.node, context=self.ctx.context, profile=self.ctx.profile.name,
+                      started=started_wall, ended=time.time(), findings=findings, job_id=self.ctx.job_id,
+                      boot_id=self._boot_id(), suite=suite, gpus=self._gpus())
+
+    def _gather_inventory(self, deadline: float) -> Tuple[List[Finding], Any]:
+        module = catalogue.load("nvml")
+        timeout = min(C.check_timeout(self.ctx.config, "nvml"), max(deadline - time.monotonic(), 0))
+        try:
+            return [], bounded(lambda: module.gather(self.ctx), timeout)
+        except _Timeout:
+            return [self._hang_finding("nvml", timeout)], None
+        except Exception as exc:
+            return [Finding("nvml", Severity.ERROR, "inventory failed: %s: %s" % (type(exc).__name__, exc))], None
+
+    def _boot_id(self) -> Optional[str]:
+        try:
+            return self.ctx.host.boot_id()
+        except Exception:
+            return None
+
+    def _gpus(self) -> List[dict]:
+        inv = self.ctx.inventory
+        if inv is None:
+            return []
+        out = []
+        for ref in inv.gpus:
+            d = ref.to_dict()
+            d["name"] = inv.names.get(ref.index)
+            d["serial"] = inv.serials.get(ref.index)
+            out.append(d)
+        return out

@@ -1,0 +1,103 @@
+"""Puts a run together: node name, backends (NVML or a scenario), profile detection, the runner."""
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from . import config as C
+from . import localstate
+from . import profiles as P
+from .backends.gpu import GpuBackend
+from .backends.host import Host, LocalHost
+from .checks.base import Context
+from .model import Report
+from .runner import Runner, suite_checks, validate_names
+
+
+def node_name(explicit: Optional[str] = None) -> str:
+    """Slurm's name for this node: --node, then SLURMD_NODENAME; the short hostname only outside Slurm."""
+    return explicit or os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+
+
+def open_backends(cfg: Dict[str, Any], node: str, simulate: Optional[str] = None) -> Tuple[GpuBackend, Host]:
+    target = simulate or cfg.get("simulate")
+    if target:
+        from . import scenario
+        from .backends.sim import SimGpu, SimHost
+
+        sc = scenario.load(target, node)
+        return SimGpu(sc), SimHost(sc)
+    from .backends.gpu_nvml import NvmlBackend
+
+    return NvmlBackend(), LocalHost(kernel_log=cfg.get("kernel_log", "auto"))
+
+
+def _cached_facts(cfg: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
+    """Instance type and Slurm features, asked once per boot (they cost a network or Slurm round trip)."""
+    boot = ctx.host.boot_id()
+    state_dir = cfg["state_dir"]
+    simulated = ctx.host.kind == "sim"
+    cached = None if simulated else localstate.read(state_dir, "facts")
+    if cached and cached.get("boot_id") == boot and cached.get("node") == ctx.node:
+        return cached
+    detect = cfg["detect"]
+    facts: Dict[str, Any] = {"boot_id": boot, "node": ctx.node, "features": [], "instance_type": None}
+    if detect["slurm_features"] and (os.environ.get("SLURMD_NODENAME") or os.environ.get("SLURM_JOB_ID")):
+        from .backends.slurm_cli import node_features
+
+        facts["features"] = node_features(ctx.node, timeout=C.budget(cfg, "prolog") / 4)
+    if detect["cloud_metadata"]:
+        facts["instance_type"] = ctx.host.instance_type(float(detect["cloud_timeout"]))
+    if not simulated:
+        localstate.write(state_dir, "facts", facts)
+    return facts
+
+
+def detector(cfg: Dict[str, Any], profiles: Dict[str, P.Profile]):
+    def detect(ctx: Context) -> P.Detection:
+        facts: Dict[str, Any] = {}
+
+        def get(key: str):
+            if not facts:
+                facts.update(_cached_facts(cfg, ctx))
+            return facts.get(key)
+
+        def gpu_model():
+            inv = ctx.inventory
+            if inv is None or inv.model is None:
+                return None
+            try:
+                on_pci = len(ctx.host.pci_nvidia_gpus())
+            except Exception:
+                on_pci = 0
+            return inv.model, max(len(inv.gpus), on_pci)
+
+        return P.detect(profiles, forced=cfg.get("profile"), features=lambda: get("features") or [],
+                        instance_type=lambda: get("instance_type"), gpu_model=gpu_model)
+    return detect
+
+
+def run(cfg: Dict[str, Any], context: str, suite: Optional[str] = None, checks: Sequence[str] = (),
+        node: Optional[str] = None, simulate: Optional[str] = None,
+        job_id: Optional[str] = None) -> Tuple[Report, P.Detection, Context]:
+    """One health-check run; raises GpuhcError on bad input (config, profile, scenario)."""
+    node = node_name(node)
+    profiles = P.load(cfg.get("profiles"))
+    if checks:
+        names: List[str] = validate_names(list(checks), "--check")
+        suite = suite or "custom"
+    else:
+        suite = suite or cfg["context_suites"].get(context, "lightweight")
+        names = suite_checks(cfg, suite)
+    gpu, host = open_backends(cfg, node, simulate)
+    ctx = Context(node=node, context=context, gpu=gpu, host=host, config=cfg,
+                  job_id=job_id or os.environ.get("SLURM_JOB_ID"))
+    runner = Runner(ctx, profiles, detector(cfg, profiles))
+    report = runner.run(names, C.budget(cfg, context), suite=suite)
+    if gpu.hung is None:
+        try:
+            gpu.close()
+        except Exception:
+            pass
+    return report, runner.detection, ctx

@@ -1,0 +1,185 @@
+"""Kernel-log Xid / SXid parsing and classification after NVIDIA's Xid catalog.
+
+Understands every prefix seen in the field: bare lines, ``[sec.usec]``, ``dmesg -T``
+dates, syslog/journalctl host prefixes, ``kernel:`` prefixes, ISO timestamps,
+``<N>`` priorities and /dev/kmsg records (``pri,seq,usec,flags;message``).
+The event pattern is searched anywhere in the line, so an unknown prefix
+does not hide an Xid.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from .backends.gpu import normalize_bus_id
+
+_EVENT = re.compile(
+    r"(?P<kind>NVRM: Xid|SXid) \((?:PCI:)?(?P<bus>[0-9A-Fa-f]{1,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}(?:\.[0-7])?)\):"
+    r"\s*(?P<xid>\d+)\s*(?:,\s*(?P<rest>.*))?$"
+)
+_PID = re.compile(r"pid\s*=\s*'?(?P<pid>\d+|<unknown>)'?\s*,\s*name\s*=\s*(?P<name>[^,]*?)\s*,\s*")
+_SXID_SEV = re.compile(r"^(?P<sev>Fatal|Non-fatal)\s*,\s*", re.IGNORECASE)
+
+# Timestamp prefixes, tried in order; the first that matches the line's start names its time.
+_TIME = [
+    ("kmsg", re.compile(r"^\d+,(?P<seq>\d+),(?P<usec>\d+),[^;]*;")),
+    ("mono", re.compile(r"^(?:<\d+>)?\[\s*(?P<sec>\d+\.\d+)\]")),
+    ("ctime", re.compile(r"^(?:<\d+>)?\[(?P<date>[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4})\]")),
+    ("iso", re.compile(r"^(?P<date>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)")),
+    ("syslog", re.compile(r"^(?P<date>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d)")),
+]
+_MONO_AFTER = re.compile(r"\[\s*(?P<sec>\d+\.\d+)\]")
+
+
+@dataclass
+class XidEvent:
+    kind: str                       # "xid" | "sxid"
+    xid: int
+    pci_bus_id: str
+    message: str
+    line: int                       # 1-based line number in the input
+    time: Optional[str] = None      # the timestamp as the log wrote it
+    monotonic: Optional[float] = None   # seconds since boot, when the log gives it
+    seq: Optional[int] = None       # /dev/kmsg sequence number
+    pid: Optional[int] = None
+    process: Optional[str] = None
+    fatal: Optional[bool] = None    # SXid: the Fatal / Non-fatal word of the line
+    count: int = 1                  # repeats folded into this event
+
+    def key(self) -> Tuple[str, int, str, str]:
+        return (self.kind, self.xid, self.pci_bus_id, self.message)
+
+
+def _timestamp(line: str) -> Tuple[Optional[str], Optional[float], Optional[int]]:
+    for kind, rx in _TIME:
+        m = rx.match(line)
+        if not m:
+            continue
+        if kind == "kmsg":
+            usec = int(m.group("usec"))
+            return "%.6f" % (usec / 1e6), usec / 1e6, int(m.group("seq"))
+        if kind == "mono":
+            return m.group("sec"), float(m.group("sec")), None
+        mono = _MONO_AFTER.search(line, m.end())
+        return m.group("date"), float(mono.group("sec")) if mono else None, None
+    return None, None, None
+
+
+def parse_line(line: str, lineno: int = 0) -> Optional[XidEvent]:
+    """The Xid/SXid event of one kernel-log line, or None."""
+    if "Xid" not in line:
+        return None
+    m = _EVENT.search(line.rstrip("\r\n"))
+    if not m:
+        return None
+    rest = (m.group("rest") or "").strip()
+    pid = name = None
+    pm = _PID.match(rest)
+    if pm:
+        pid = int(pm.group("pid")) if pm.group("pid").isdigit() else None
+        name = pm.group("name").strip("'") if pm.group("name") not in ("<unknown>", "'<unknown>'") else None
+        rest = rest[pm.end():]
+    fatal = None
+    kind = "xid" if m.group("kind") == "NVRM: Xid" else "sxid"
+    if kind == "sxid":
+        sm = _SXID_SEV.match(rest)
+        if sm:
+            fatal = sm.group("sev").lower() == "fatal"
+            rest = rest[sm.end():]
+    when, mono, seq = _timestamp(line)
+    return XidEvent(kind=kind, xid=int(m.group("xid")), pci_bus_id=normalize_bus_id(m.group("bus")) or "",
+                    message=rest.strip(), line=lineno, time=when, monotonic=mono, seq=seq,
+                    pid=pid, process=name or None, fatal=fatal)
+
+
+def parse(lines: Iterable[str], start_line: int = 1) -> List[XidEvent]:
+    out = []
+    for n, line in enumerate(lines, start_line):
+        if "Xid" in line:
+            ev = parse_line(line, n)
+            if ev is not None:
+                out.append(ev)
+    return out
+
+
+def fold(events: List[XidEvent]) -> List[XidEvent]:
+    """Repeats of the same event (kind, xid, GPU, message) folded into the first, counted."""
+    seen: Dict[Tuple, XidEvent] = {}
+    out = []
+    for ev in events:
+        key = (ev.kind, ev.xid, ev.pci_bus_id, _strip_ids(ev.message))
+        first = seen.get(key)
+        if first is None:
+            seen[key] = ev
+            out.append(ev)
+        else:
+            first.count += ev.count
+    return out
+
+
+_HEX = re.compile(r"0x[0-9a-fA-F]+|\b\d+\b")
+
+
+def _strip_ids(message: str) -> str:
+    return _HEX.sub("#", message)
+
+
+# -- classification ---------------------------------------------------------------------------
+
+@dataclass
+class Conditions:
+    """What the conditional rules of the catalog look at."""
+    gpu_name: str = ""
+    mig_enabled: Optional[bool] = None
+    uvm_in_use: Optional[bool] = None
+    strict: bool = False
+    overrides: Dict[int, str] = field(default_factory=dict)       # xid -> severity name
+    sxid_overrides: Dict[int, str] = field(default_factory=dict)
+
+
+def classify(ev: XidEvent, cond: Optional[Conditions] = None) -> Tuple[str, str, str]:
+    """(severity name, resolution, description) of an event."""
+    from . import xid_catalog as cat
+
+    cond = cond or Conditions()
+    if ev.kind == "sxid":
+        desc, fatal = cat.SXID.get(ev.xid, (None, None))
+        if ev.fatal is not None:
+            fatal = ev.fatal
+        if ev.xid in cond.sxid_overrides:
+            return cond.sxid_overrides[ev.xid], "OVERRIDE", desc or "SXid %d" % ev.xid
+        if fatal:
+            return cat.SXID_FATAL_SEVERITY, "RESET_FABRIC", desc or "fatal NVSwitch error"
+        return cat.SXID_NONFATAL_SEVERITY, "IGNORE", desc or "non-fatal NVSwitch error"
+    entry = cat.XID.get(ev.xid)
+    if entry is None:
+        severity = cond.overrides.get(ev.xid, "MONITOR")
+        return severity, "UNKNOWN", "Xid %d (not in the catalog)" % ev.xid
+    desc, resolution, severity, rule = entry
+    if ev.xid in cond.overrides:
+        return cond.overrides[ev.xid], resolution, desc
+    a100 = "a100" in cond.gpu_name.lower()
+    if rule == "a100_reboot" and a100:
+        severity = "REBOOT"
+    elif rule == "a100_migoff_reboot" and a100 and cond.mig_enabled is False:
+        severity = "REBOOT"
+    elif rule == "uvm":
+        severity = "RESET" if cond.uvm_in_use else "MONITOR"
+    elif rule == "strict" and cond.strict:
+        severity = "ISOLATE"
+    elif rule == "recovery_action":
+        severity = recovery_action_severity(ev.message) or severity
+    return severity, resolution, desc
+
+
+def recovery_action_severity(message: str) -> Optional[str]:
+    """Xid 154: the severity of the action the GPU now asks for ('... to 0x2 (Node Reboot Required)')."""
+    from . import xid_catalog as cat
+
+    low = message.lower()
+    target = low.rsplit(" to ", 1)[-1] if " to " in low else low
+    for text, severity in sorted(cat.RECOVERY_ACTIONS.items(), key=lambda kv: -len(kv[0])):
+        if text in target:
+            return severity
+    return None
