@@ -14,22 +14,24 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 
 
 def finding_rows(findings: List[Finding], show_all: bool) -> List[List[str]]:
-    """One row per finding worth reading; passes and skips of a check folded into one row unless show_all."""
+    """One row per finding worth reading. Unless show_all, the passes of a check fold into one
+    row, and checks skipped for the same reason into one row."""
     rows: List[List[str]] = []
-    folded: "OrderedDict[str, List[Finding]]" = OrderedDict()
+    passes: "OrderedDict[str, List[Finding]]" = OrderedDict()
+    skips: "OrderedDict[str, List[str]]" = OrderedDict()
     for f in findings:
-        if not show_all and f.severity in (Severity.PASS, Severity.SKIP):
-            folded.setdefault(f.check, []).append(f)
-            continue
-        rows.append([f.severity.value, f.check, f.where(), f.message])
-    for check, group in folded.items():
-        if len(group) == 1:
-            f = group[0]
-            rows.append([f.severity.value, check, f.where(), f.message])
+        if not show_all and f.severity is Severity.PASS:
+            passes.setdefault(f.check, []).append(f)
+        elif not show_all and f.severity is Severity.SKIP and f.gpu is None:
+            skips.setdefault(f.message, []).append(f.check)
         else:
-            sev = Severity.PASS if any(f.severity is Severity.PASS for f in group) else Severity.SKIP
-            gpus = sum(1 for f in group if f.gpu is not None)
-            rows.append([sev.value, check, "", "%d GPUs ok" % gpus if gpus else "ok"])
+            rows.append([f.severity.value, f.check, f.where(), f.message])
+    for check, group in passes.items():
+        gpus = sum(1 for f in group if f.gpu is not None)
+        message = group[0].message if len(group) == 1 else "%d GPUs ok" % gpus
+        rows.append([Severity.PASS.value, check, group[0].where() if len(group) == 1 else "", message])
+    for message, checks in skips.items():
+        rows.append([Severity.SKIP.value, ",".join(checks) if len(checks) < 3 else "%d checks" % len(checks), "", message])
     return rows
 
 

@@ -114,7 +114,11 @@ def _raw(path: str, seen: tuple = ()) -> Dict[str, Any]:
         base_path = parent
         if not os.path.isabs(parent) and (os.sep in parent or parent.endswith(".yaml")):
             base_path = os.path.join(os.path.dirname(path), parent)
-        base = _raw(resolve(base_path), seen + (path,))
+        try:
+            base_file = resolve(base_path)
+        except ScenarioError as exc:
+            raise ScenarioError("%s: extends: %s" % (path, exc)) from None
+        base = _raw(base_file, seen + (path,))
         base.pop("description", None)
         base.pop("name", None)
         # per-index overrides and lists merge by their own rules below

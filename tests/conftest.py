@@ -1,0 +1,39 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gpuhc import config as C
+from gpuhc import session
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """A validated config isolated from the machine: local state in tmp, no cloud lookups."""
+    def make(**over):
+        data = {"store": str(tmp_path / "store"), "state_dir": str(tmp_path / "state"),
+                "detect": {"slurm_features": False}}
+        data.update(over)
+        return C.validate(data, "test-config")
+    return make
+
+
+@pytest.fixture
+def run_scenario(make_cfg):
+    def run(name, context="check", checks=(), suite=None, **over):
+        cfg = make_cfg(**over)
+        report, detection, ctx = session.run(cfg, context, suite=suite, checks=checks, node="gpu-001", simulate=name)
+        return report
+    return run
+
+
+def gpuhc(*args, env=None, timeout=60, input=None):
+    """Run the gpuhc command line as a separate process, as operators and Slurm do."""
+    full_env = dict(os.environ)
+    full_env.pop("GPUHC_CONFIG", None)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "gpuhc"] + list(args), capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=ROOT, input=input)

@@ -1,0 +1,95 @@
+"""The command line as operators run it: separate processes, exit codes, one-line errors."""
+import json
+
+from conftest import gpuhc
+
+
+def isolated(tmp_path, text=""):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("store: %s\nstate_dir: %s\ndetect: {slurm_features: false}\n%s"
+                   % (tmp_path / "store", tmp_path / "state", text))
+    return {"GPUHC_CONFIG": str(cfg)}
+
+
+def test_healthy_h100_exits_0(tmp_path):
+    res = gpuhc("check", "--simulate", "h100-healthy", env=isolated(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert "PASS" in res.stdout and "dgx-h100" in res.stdout and res.stderr == ""
+
+
+def test_xid79_json_exits_1_with_finding_on_gpu3(tmp_path):
+    res = gpuhc("--simulate", "h100-xid79", "check", "--json", "--node", "gpu-007", env=isolated(tmp_path))
+    assert res.returncode == 1, res.stderr
+    report = json.loads(res.stdout)
+    for key in ("node", "context", "profile", "overall", "started", "ended", "gpuhc_version", "schema_version", "findings"):
+        assert key in report
+    assert report["node"] == "gpu-007" and report["context"] == "check" and report["overall"] == "REBOOT"
+    xid = [f for f in report["findings"] if f["check"] == "xid" and f["severity"] == "REBOOT"]
+    assert xid and xid[0]["gpu"]["index"] == 3 and xid[0]["gpu"]["pci_bus_id"] == "0000:5d:00.0"
+    assert set(xid[0]) >= {"check", "severity", "gpu", "message", "remediation", "metrics"}
+    assert set(xid[0]["gpu"]) == {"index", "uuid", "pci_bus_id"}
+
+
+def test_node_name_comes_from_slurm(tmp_path):
+    env = isolated(tmp_path)
+    env["SLURMD_NODENAME"] = "gpu-042"
+    res = gpuhc("check", "--simulate", "h100-healthy", "--json", env=env)
+    assert json.loads(res.stdout)["node"] == "gpu-042"
+
+
+def test_no_driver_on_this_machine_says_so_in_one_line(tmp_path):
+    # this machine has no NVIDIA driver: the real NVML path must say so, exit 3, no traceback
+    res = gpuhc("check", env=isolated(tmp_path))
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+    nvml_rows = [l for l in res.stdout.splitlines() if l.startswith("ERROR") and "nvml" in l]
+    assert len(nvml_rows) == 1 and ("not found" in nvml_rows[0] or "not loaded" in nvml_rows[0])
+
+
+def test_no_driver_where_profile_expects_no_gpu_is_skip(tmp_path):
+    profiles = tmp_path / "profiles.conf"
+    profiles.write_text("login gpus=0 description=\"login node\"\n")
+    res = gpuhc("check", env=isolated(tmp_path, "profiles: %s\nprofile: login\n" % profiles))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SKIP" in res.stdout and "expects no GPU" in res.stdout
+
+
+def test_config_error_is_one_line_exit_2(tmp_path):
+    res = gpuhc("check", "--simulate", "h100-healthy", env=isolated(tmp_path, "timeouts: {check: soon}\n"))
+    assert res.returncode == 2
+    assert res.stdout == "" and len(res.stderr.strip().splitlines()) == 1
+    assert "timeouts.check: expected a number" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_unknown_scenario_and_check_are_usage_errors(tmp_path):
+    res = gpuhc("check", "--simulate", "h100-nope", env=isolated(tmp_path))
+    assert res.returncode == 2 and "unknown scenario 'h100-nope'" in res.stderr
+    res = gpuhc("check", "--simulate", "h100-healthy", "--check", "ecc", "--check", "bogus", env=isolated(tmp_path))
+    assert res.returncode == 2 and "unknown check 'bogus'" in res.stderr
+    res = gpuhc("check", "--bogus-flag")
+    assert res.returncode == 2
+
+
+def test_selected_checks_only(tmp_path):
+    res = gpuhc("check", "--simulate", "h100-pcie-x8", "--check", "pcie", "--json", env=isolated(tmp_path))
+    report = json.loads(res.stdout)
+    assert res.returncode == 1 and {f["check"] for f in report["findings"]} == {"nvml", "pcie"}
+    assert report["suite"] == "custom"
+
+
+def test_hung_nvml_process_exits_within_budget(tmp_path):
+    import time
+    t0 = time.monotonic()
+    res = gpuhc("check", "--simulate", "h100-nvml-hang", env=isolated(tmp_path, "timeouts: {check: 1}\n"), timeout=20)
+    assert time.monotonic() - t0 < 5
+    assert res.returncode == 1 and "did not return within 1s" in res.stdout
+
+
+def test_scenarios_and_profiles_listings():
+    res = gpuhc("scenarios")
+    assert res.returncode == 0 and "h100-healthy" in res.stdout and "Xid 79" in res.stdout
+    res = gpuhc("scenarios", "--json")
+    names = {s["name"] for s in json.loads(res.stdout)}
+    assert {"h100-healthy", "a100-healthy", "a30-healthy", "h100-xid79"} <= names
+    res = gpuhc("profiles", "--json")
+    assert res.returncode == 0 and any(p["name"] == "p5.48xlarge" for p in json.loads(res.stdout))
