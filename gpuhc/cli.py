@@ -132,5 +132,32 @@ def profiles(ctx: click.Context, as_json: bool) -> None:
     click.echo(table(rows, ["PROFILE", "GPUS", "MODEL", "NVLINKS", "NVSWITCH", "NICS", "DESCRIPTION"]))
 
 
+@main.command()
+@click.argument("source", default="-", metavar="[FILE|-]")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of events.")
+@click.option("--gpu-name", default="", metavar="NAME", help="GPU model for the catalog's conditional rules (e.g. A100).")
+@click.option("--strict", is_flag=True, help="Strict mode of the catalog (Xid 165 ISOLATE).")
+def xid(source: str, as_json: bool, gpu_name: str, strict: bool) -> None:
+    """Every Xid/SXid event in a saved kernel log (dmesg, journalctl, syslog), classified."""
+    from . import xid as X
+    from .output import table
+
+    if source == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            with open(source, errors="replace") as fh:
+                lines = fh.read().splitlines()
+        except OSError as exc:
+            raise GpuhcError("%s: cannot read: %s" % (source, exc.strerror or exc)) from None
+    events = X.describe(X.parse(lines), X.Conditions(gpu_name=gpu_name, strict=strict))
+    if as_json:
+        emit_json(events)
+        return
+    rows = [(e["time"] or "-", e["pci_bus_id"], ("SXid " if e["kind"] == "sxid" else "") + str(e["xid"]),
+             e["severity"], e["resolution"], e["message"]) for e in events]
+    click.echo(table(rows, ["TIME", "PCI", "XID", "SEVERITY", "RESOLUTION", "MESSAGE"]) if rows else "no Xid or SXid events")
+
+
 def run() -> None:
     main(prog_name="gpuhc")

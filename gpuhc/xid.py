@@ -183,3 +183,15 @@ def recovery_action_severity(message: str) -> Optional[str]:
         if text in target:
             return severity
     return None
+
+
+def describe(events: List[XidEvent], cond: Optional[Conditions] = None) -> List[dict]:
+    """Events as plain dicts with their classification (the JSON form of `gpuhc xid`)."""
+    out = []
+    for ev in events:
+        severity, resolution, desc = classify(ev, cond)
+        out.append({"kind": ev.kind, "xid": ev.xid, "pci_bus_id": ev.pci_bus_id, "severity": severity,
+                    "resolution": resolution, "description": desc, "message": ev.message, "line": ev.line,
+                    "time": ev.time, "monotonic": ev.monotonic, "seq": ev.seq, "pid": ev.pid,
+                    "process": ev.process, "fatal": ev.fatal})
+    return out
