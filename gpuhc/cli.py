@@ -159,5 +159,21 @@ def xid(source: str, as_json: bool, gpu_name: str, strict: bool) -> None:
     click.echo(table(rows, ["TIME", "PCI", "XID", "SEVERITY", "RESOLUTION", "MESSAGE"]) if rows else "no Xid or SXid events")
 
 
+@main.command()
+@common_options
+@click.option("--node", metavar="NAME", help="Node name (default $SLURMD_NODENAME).")
+@click.option("--xid", "xid_number", type=int, metavar="N", help="Only this Xid number.")
+@click.option("--gpu", "pci_bus_id", metavar="BUS_ID", help="Only this GPU (PCI bus id, e.g. 0000:5d:00.0).")
+@click.pass_context
+def ack(ctx: click.Context, node: Optional[str], xid_number: Optional[int], pci_bus_id: Optional[str]) -> None:
+    """Acknowledge the active Xid events of this node: they stop causing findings until they recur."""
+    from . import session
+    from .checks.xid import acknowledge
+
+    cfg = load_config(ctx)
+    n = acknowledge(cfg["state_dir"], session.node_name(node), xid_number, pci_bus_id)
+    click.echo("acknowledged %d Xid event(s)" % n)
+
+
 def run() -> None:
     main(prog_name="gpuhc")

@@ -34,6 +34,7 @@ def defaults() -> Dict[str, Any]:
         "profiles": None,
         "profile": None,
         "kernel_log": "auto",
+        "xid": {"strict": False, "overrides": {}, "sxid_overrides": {}},
         "detect": {"slurm_features": True, "cloud_metadata": True, "cloud_timeout": 0.3},
         "suites": {
             "prolog": list(LIGHTWEIGHT),
@@ -59,12 +60,18 @@ class _MapOf:
         self.spec = spec
 
 
+class _Choice:
+    def __init__(self, *values: str) -> None:
+        self.values = values
+
+
 class _ListOf:
     def __init__(self, item: Any) -> None:
         self.item = item
 
 
 NUM = (int, float)
+TIERS = ("MONITOR", "RESET", "REBOOT", "ISOLATE")
 OPT_STR = (str, type(None))
 
 SCHEMA: Dict[str, Any] = {
@@ -76,6 +83,7 @@ SCHEMA: Dict[str, Any] = {
     "kernel_log": str,
     "detect": {"slurm_features": bool, "cloud_metadata": bool, "cloud_timeout": NUM},
     "suites": _MapOf(_ListOf(str)),
+    "xid": {"strict": bool, "overrides": _MapOf(_Choice(*TIERS)), "sxid_overrides": _MapOf(_Choice(*TIERS))},
     "context_suites": _MapOf(str),
     "timeouts": {
         "check": NUM,
@@ -91,6 +99,10 @@ def _type_name(spec: Any) -> str:
         return "a mapping"
     if isinstance(spec, _MapOf):
         return "a mapping"
+    if isinstance(spec, _Choice):
+        if value not in spec.values:
+            raise fail("expected one of %s, got %r" % (", ".join(spec.values), value))
+        return
     if isinstance(spec, _ListOf):
         return "a list"
     types = spec if isinstance(spec, tuple) else (spec,)
@@ -117,6 +129,10 @@ def _check(value: Any, spec: Any, path: str, source: str) -> None:
             raise fail("expected a mapping, got %s" % type(value).__name__)
         for key, sub in value.items():
             _check(sub, spec.spec, "%s.%s" % (path, key), source)
+        return
+    if isinstance(spec, _Choice):
+        if value not in spec.values:
+            raise fail("expected one of %s, got %r" % (", ".join(spec.values), value))
         return
     if isinstance(spec, _ListOf):
         if not isinstance(value, list):

@@ -103,19 +103,26 @@ def parse(lines: Iterable[str], start_line: int = 1) -> List[XidEvent]:
     return out
 
 
-def fold(events: List[XidEvent]) -> List[XidEvent]:
-    """Repeats of the same event (kind, xid, GPU, message) folded into the first, counted."""
-    seen: Dict[Tuple, XidEvent] = {}
-    out = []
-    for ev in events:
-        key = (ev.kind, ev.xid, ev.pci_bus_id, _strip_ids(ev.message))
-        first = seen.get(key)
-        if first is None:
-            seen[key] = ev
+def scan(text: str, first_line: int = 1) -> List[XidEvent]:
+    """Events of a whole log text. Finds 'Xid' with str.find (C speed) and parses only
+    the lines that hold it, counting newlines in between for line numbers."""
+    out: List[XidEvent] = []
+    pos, line_no, counted_to = 0, first_line, 0
+    find, count = text.find, text.count
+    while True:
+        hit = find("Xid", pos)
+        if hit < 0:
+            return out
+        start = text.rfind("\n", 0, hit) + 1
+        end = find("\n", hit)
+        if end < 0:
+            end = len(text)
+        line_no += count("\n", counted_to, start)
+        counted_to = start
+        ev = parse_line(text[start:end], line_no)
+        if ev is not None:
             out.append(ev)
-        else:
-            first.count += ev.count
-    return out
+        pos = end + 1
 
 
 _HEX = re.compile(r"0x[0-9a-fA-F]+|\b\d+\b")
@@ -195,3 +202,54 @@ def describe(events: List[XidEvent], cond: Optional[Conditions] = None) -> List[
                     "time": ev.time, "monotonic": ev.monotonic, "seq": ev.seq, "pid": ev.pid,
                     "process": ev.process, "fatal": ev.fatal})
     return out
+
+
+# -- per-boot event records (kept in the local state between runs) -----------------------------
+
+def record(ev: XidEvent) -> dict:
+    return {"kind": ev.kind, "xid": ev.xid, "pci_bus_id": ev.pci_bus_id, "message": ev.message,
+            "key": "%s|%d|%s|%s" % (ev.kind, ev.xid, ev.pci_bus_id, _strip_ids(ev.message)),
+            "count": ev.count, "line": ev.line, "time": ev.time, "fatal": ev.fatal,
+            "acked": False, "cleared": False}
+
+
+def event_from_record(rec: dict) -> XidEvent:
+    return XidEvent(kind=rec["kind"], xid=rec["xid"], pci_bus_id=rec["pci_bus_id"], message=rec["message"],
+                    line=rec.get("line", 0), time=rec.get("time"), fatal=rec.get("fatal"), count=rec.get("count", 1))
+
+
+def active(rec: dict) -> bool:
+    return not rec.get("acked") and not rec.get("cleared")
+
+
+def merge(records: List[dict], new: List[XidEvent]) -> List[dict]:
+    """New events folded into the records by key (repeats counted, an acknowledged or cleared
+    event that happens again is active again); an Xid 154 whose recovery action returns to
+    None clears the earlier events of its GPU (the reset it asked for is done)."""
+    out = [dict(r) for r in records]
+    by_key = {r["key"]: r for r in out}
+    for ev in new:
+        if ev.kind == "xid" and ev.xid == 154 and recovery_action_severity(ev.message) == "MONITOR":
+            for r in out:
+                if r["pci_bus_id"] == ev.pci_bus_id:
+                    r["cleared"] = True
+        rec = record(ev)
+        old = by_key.get(rec["key"])
+        if old is None:
+            out.append(rec)
+            by_key[rec["key"]] = rec
+        else:
+            old["count"] += ev.count
+            old["acked"] = old["cleared"] = False
+            old["time"] = ev.time or old.get("time")
+    return out
+
+
+def acknowledge(records: List[dict], xid: Optional[int] = None, pci_bus_id: Optional[str] = None) -> int:
+    """Mark matching active records acknowledged; returns how many."""
+    n = 0
+    for r in records:
+        if active(r) and (xid is None or r["xid"] == xid) and (pci_bus_id is None or r["pci_bus_id"] == pci_bus_id):
+            r["acked"] = True
+            n += 1
+    return n

@@ -2,7 +2,7 @@
 the kernel log, boot id, cloud instance type.
 
 ``Host`` holds the logic written once on top of four primitives (read_text,
-listdir, run, kernel_log_lines); ``LocalHost`` implements the primitives on
+listdir, run, kernel_log_since); ``LocalHost`` implements the primitives on
 the real machine under a root directory (so tests can redirect it), and the
 simulation implements them from a scenario file (backends/sim.py).
 """
@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 NVIDIA_VENDOR = "0x10de"
 # PCI class codes of NVIDIA GPUs: VGA (0x0300), 3D controller (0x0302).
 GPU_CLASSES = ("0x0300", "0x0302")
 # NVSwitch (bridge class 0x0680) is not a GPU.
+
+
+@dataclass
+class LogChunk:
+    """Kernel-log text read since a cursor, the cursor to resume from, and how many records
+    were lost in between (overwritten in the ring buffer before they were read)."""
+    text: str
+    cursor: Dict[str, Any]
+    first_line: int = 1          # line number of the first line of text in the whole log
+    lost: int = 0
 
 
 @dataclass
@@ -46,7 +57,8 @@ class Host:
     def run(self, argv: Sequence[str], timeout: float) -> CommandResult:
         raise NotImplementedError
 
-    def kernel_log_lines(self) -> List[str]:
+    def kernel_log_since(self, cursor: Optional[Dict[str, Any]]) -> LogChunk:
+        """The kernel log of this boot after ``cursor`` (None: from the start)."""
         raise NotImplementedError
 
     def boot_id(self) -> Optional[str]:
@@ -107,37 +119,78 @@ class LocalHost(Host):
             return CommandResult(126, "", "%s: %s" % (argv[0], exc))
         return CommandResult(proc.returncode, proc.stdout, proc.stderr)
 
-    def kernel_log_lines(self) -> List[str]:
+    def kernel_log_since(self, cursor: Optional[Dict[str, Any]]) -> LogChunk:
         source = self.kernel_log_source
         if source not in ("auto", "kmsg", "dmesg", "journal"):
-            text = self.read_text(source)
-            if text is None:
-                raise OSError(errno.ENOENT, "kernel log file not readable: %s" % source)
-            return text.splitlines()
+            return _read_file_since(source, cursor)
         if source in ("auto", "kmsg"):
-            lines = _read_kmsg(self._path("/dev/kmsg"))
-            if lines is not None or source == "kmsg":
-                return lines or []
-        if source in ("auto", "dmesg"):
-            res = self.run(["dmesg"], timeout=5)
-            if res.ok or source == "dmesg":
-                return res.stdout.splitlines()
+            chunk = _read_kmsg_since(self._path("/dev/kmsg"), cursor)
+            if chunk is not None:
+                if chunk.lost and source == "auto":
+                    chunk = self._fill_gap_from_journal(chunk, cursor)
+                return chunk
+            if source == "kmsg":
+                raise OSError(errno.EACCES, "/dev/kmsg cannot be read")
+        if source in ("auto", "journal"):
+            chunk = self._journal_since(cursor)
+            if chunk is not None:
+                return chunk
+            if source == "journal":
+                raise OSError(errno.EIO, "journalctl -k could not be read")
+        res = self.run(["dmesg"], timeout=5)
+        if not res.ok:
+            raise OSError(errno.EIO, "no kernel log source could be read (kmsg, journalctl, dmesg)")
+        return since_line(res.stdout, cursor, "dmesg")
+
+    def _journal_since(self, cursor: Optional[Dict[str, Any]]) -> Optional[LogChunk]:
+        argv = ["journalctl", "-k", "-b", "--no-pager", "-q", "-o", "short-monotonic", "--show-cursor"]
+        if cursor and cursor.get("source") == "journal":
+            argv.append("--after-cursor=%s" % cursor["cursor"])
+        res = self.run(argv, timeout=10)
+        if not res.ok:
+            return None
+        text, _, tail = res.stdout.rpartition("-- cursor: ")
+        if not _:
+            text, tail = res.stdout, (cursor or {}).get("cursor", "")
+        first = (cursor or {}).get("line", 0) + 1 if cursor and cursor.get("source") == "journal" else 1
+        return LogChunk(text, {"source": "journal", "cursor": tail.strip(), "line": first - 1 + text.count("\n")},
+                        first_line=first)
+
+    def _fill_gap_from_journal(self, chunk: LogChunk, cursor: Optional[Dict[str, Any]]) -> LogChunk:
+        """Records overwritten in the ring buffer before we read them: take that span from journald."""
+        after = (cursor or {}).get("usec", 0) / 1e6
         res = self.run(["journalctl", "-k", "-b", "--no-pager", "-q", "-o", "short-monotonic"], timeout=10)
-        if res.ok:
-            return res.stdout.splitlines()
-        raise OSError(errno.EIO, "no kernel log source could be read (kmsg, dmesg, journalctl)")
+        if not res.ok:
+            return chunk
+        until = chunk.cursor.get("first_usec", 0) / 1e6
+        kept = []
+        for line in res.stdout.splitlines():
+            m = _MONO.match(line)
+            if m and after < float(m.group(1)) < until:
+                kept.append(line)
+        if not kept:
+            return chunk
+        return LogChunk("\n".join(kept) + "\n" + chunk.text, chunk.cursor, chunk.first_line, lost=0)
 
     def instance_type(self, timeout: float) -> Optional[str]:
         return _imds_instance_type(timeout)
 
 
-def _read_kmsg(path: str) -> Optional[List[str]]:
-    """All records in /dev/kmsg without blocking; None when it cannot be opened."""
+_MONO = re.compile(r"^\[\s*(\d+\.\d+)\]")
+
+
+def _read_kmsg_since(path: str, cursor: Optional[Dict[str, Any]]) -> Optional[LogChunk]:
+    """Records of /dev/kmsg after the cursor's sequence number, without blocking; None when
+    /dev/kmsg cannot be opened. Sequence numbers are exact: a gap means records were lost."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
-    lines = []
+    after = cursor.get("seq", -1) if cursor and cursor.get("source") == "kmsg" else -1
+    out: List[str] = []
+    last = after
+    last_usec = (cursor or {}).get("usec", 0)
+    first_seq = first_usec = None
     try:
         while True:
             try:
@@ -145,15 +198,58 @@ def _read_kmsg(path: str) -> Optional[List[str]]:
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno == errno.EPIPE:   # record overwritten while reading: continue
+                if exc.errno == errno.EPIPE:   # overwritten while reading: the next read resyncs
                     continue
                 break
             if not rec:
                 break
-            lines.append(rec.decode("utf-8", "replace").rstrip("\n"))
+            head, _, msg = rec.decode("utf-8", "replace").partition(";")
+            fields = head.split(",")
+            seq, usec = int(fields[1]), int(fields[2])
+            if first_seq is None:
+                first_seq, first_usec = seq, usec
+            if seq <= after:
+                continue
+            out.append("%s;%s" % (head, msg.split("\n", 1)[0]))
+            last, last_usec = seq, usec
     finally:
         os.close(fd)
-    return lines
+    lost = 0
+    if after >= 0 and first_seq is not None and first_seq > after + 1:
+        lost = first_seq - after - 1
+    line = (cursor or {}).get("line", 0) if after >= 0 else 0
+    return LogChunk("\n".join(out) + ("\n" if out else ""),
+                    {"source": "kmsg", "seq": last, "usec": last_usec, "line": line + len(out),
+                     "first_usec": first_usec or 0}, first_line=line + 1, lost=lost)
+
+
+def _read_file_since(path: str, cursor: Optional[Dict[str, Any]]) -> LogChunk:
+    """A saved or syslog file, from the cursor's byte offset; a rotated (new inode) or truncated
+    file is read from its start."""
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        offset, line = 0, 0
+        if cursor and cursor.get("source") == "file" and cursor.get("inode") == st.st_ino \
+                and cursor.get("offset", 0) <= st.st_size:
+            offset, line = cursor["offset"], cursor.get("line", 0)
+        fh.seek(offset)
+        data = fh.read()
+    end = data.rfind(b"\n") + 1            # a partial last line waits for the next scan
+    text = data[:end].decode("utf-8", "replace")
+    return LogChunk(text, {"source": "file", "inode": st.st_ino, "offset": offset + end,
+                           "line": line + text.count("\n")}, first_line=line + 1)
+
+
+def since_line(text: str, cursor: Optional[Dict[str, Any]], source: str) -> LogChunk:
+    """Sources without a cursor of their own (dmesg output, a simulated log): skip the lines
+    already seen, by count."""
+    seen = cursor.get("line", 0) if cursor and cursor.get("source") == source else 0
+    lines = text.splitlines()
+    if seen > len(lines):        # the buffer was cleared or wrapped: read it all
+        seen = 0
+    new = lines[seen:]
+    return LogChunk("\n".join(new) + ("\n" if new else ""), {"source": source, "line": len(lines)},
+                    first_line=seen + 1)
 
 
 def _imds_instance_type(timeout: float) -> Optional[str]:

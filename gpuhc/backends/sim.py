@@ -4,11 +4,11 @@ from __future__ import annotations
 import copy
 import fnmatch
 import time
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..scenario import Scenario
 from .gpu import GpuBackend, GpuError
-from .host import CommandResult, Host, NVIDIA_VENDOR
+from .host import CommandResult, Host, LogChunk, NVIDIA_VENDOR, since_line
 
 
 class SimGpu(GpuBackend):
@@ -99,8 +99,9 @@ class SimHost(Host):
                 return CommandResult(124, "", "%s: timed out after %gs" % (argv[0], timeout), True)
         return CommandResult(int(spec.get("rc", 0)), str(spec.get("stdout", "")), str(spec.get("stderr", "")))
 
-    def kernel_log_lines(self) -> List[str]:
-        return list(self.scenario.kernel_log)
+    def kernel_log_since(self, cursor: Optional[Dict[str, Any]]) -> LogChunk:
+        text = "\n".join(self.scenario.kernel_log)
+        return since_line(text + "\n" if text else "", cursor, "sim")
 
     def instance_type(self, timeout: float) -> Optional[str]:
         return self.scenario.node.get("instance_type")

@@ -1,9 +1,18 @@
-"""xid: NVRM Xid and NVSwitch SXid events in the kernel log, classified after NVIDIA's catalog."""
+"""xid: NVRM Xid and NVSwitch SXid events in the kernel log, classified after NVIDIA's catalog.
+
+The log is read incrementally from a cursor kept per node and per boot in the local state
+directory, so no event is missed between two runs however chatty the log is, and an
+event keeps its finding until the node reboots (new boot id), the GPU reports a completed
+reset (Xid 154 recovery action back to None), or an operator acknowledges it
+(`gpuhc ack`).
+"""
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
+from .. import localstate
 from .. import xid as X
+from ..backends.gpu import normalize_bus_id
 from ..model import Finding, Severity
 from .base import Context
 
@@ -11,20 +20,48 @@ NAME = "xid"
 NEEDS_GPU = False
 
 
+def state_name(node: str) -> str:
+    return "xid-%s" % node
+
+
+def acknowledge(state_dir: str, node: str, xid: Optional[int] = None, pci_bus_id: Optional[str] = None) -> int:
+    """An operator's acknowledgement: matching active events stop producing findings until they recur."""
+    state = localstate.read(state_dir, state_name(node)) or {}
+    n = X.acknowledge(state.get("events", []), xid, normalize_bus_id(pci_bus_id) if pci_bus_id else None)
+    if n and not localstate.write(state_dir, state_name(node), state):
+        raise OSError("cannot write the Xid state in %s" % state_dir)
+    return n
+
+
 def gather(ctx: Context) -> Dict[str, Any]:
-    events = X.fold(X.parse(ctx.host.kernel_log_lines()))
+    state_dir = ctx.config["state_dir"]
+    boot = ctx.host.boot_id()
+    state = localstate.read(state_dir, state_name(ctx.node)) or {}
+    if state.get("boot_id") != boot:
+        state = {"boot_id": boot, "cursor": None, "events": []}
+    chunk = ctx.host.kernel_log_since(state.get("cursor"))
+    new = X.scan(chunk.text, chunk.first_line)
+    state["events"] = X.merge(state.get("events", []), new)
+    state["cursor"] = chunk.cursor
+    state["lost"] = state.get("lost", 0) + chunk.lost
+    localstate.write(state_dir, state_name(ctx.node), state)
     inv = ctx.inventory
-    gpus = {ref.pci_bus_id: ref for ref in (inv.gpus if inv else [])}
-    names = dict(inv.names) if inv else {}
-    return {"events": events, "gpus": gpus, "gpu_name": next(iter(names.values()), ""),
-            "strict": bool(ctx.config.get("xid", {}).get("strict", False)) if isinstance(ctx.config.get("xid"), dict) else False}
+    xcfg = ctx.config.get("xid") or {}
+    return {
+        "events": [e for e in state["events"] if X.active(e)],
+        "lost": state["lost"],
+        "gpus": {ref.pci_bus_id: ref for ref in (inv.gpus if inv else [])},
+        "conditions": X.Conditions(gpu_name=(inv.model or "") if inv else "", strict=bool(xcfg.get("strict")),
+                                   overrides={int(k): v for k, v in (xcfg.get("overrides") or {}).items()},
+                                   sxid_overrides={int(k): v for k, v in (xcfg.get("sxid_overrides") or {}).items()}),
+    }
 
 
 def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
     out: List[Finding] = []
-    cond = X.Conditions(gpu_name=data.get("gpu_name", ""), strict=data.get("strict", False))
-    for ev in data["events"]:
-        severity, resolution, desc = X.classify(ev, cond)
+    for rec in data["events"]:
+        ev = X.event_from_record(rec)
+        severity, resolution, desc = X.classify(ev, data["conditions"])
         ref = data["gpus"].get(ev.pci_bus_id)
         label = "Xid" if ev.kind == "xid" else "SXid"
         where = ("GPU%d " % ref.index if ref is not None else "") + ev.pci_bus_id
@@ -34,6 +71,9 @@ def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
         out.append(Finding(NAME, Severity.parse(severity), text, gpu=ref,
                            device=None if ref is not None else ev.pci_bus_id,
                            remediation="%s (%s)" % (desc, resolution), metrics={"xid": ev.xid, "count": ev.count}))
+    if data.get("lost"):
+        out.append(Finding(NAME, Severity.MONITOR, "%d kernel log records were overwritten before they could be read"
+                           % data["lost"], remediation="enable persistent journald, or run gpuhc more often"))
     if not out:
-        out.append(Finding(NAME, Severity.PASS, "no Xid or SXid in the kernel log"))
+        out.append(Finding(NAME, Severity.PASS, "no active Xid or SXid in the kernel log"))
     return out
