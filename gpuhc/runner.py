@@ -15,9 +15,10 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from . import checks as catalogue
 from . import config as C
+from . import localstate
 from . import profiles as P
 from .backends.gpu import GpuError
-from .checks.base import Context, gpu_error_finding
+from .checks.base import Context, gpu_error_finding, state_file
 from .errors import ConfigError
 from .model import Finding, GpuRef, Report, Severity
 
@@ -67,6 +68,7 @@ class Runner:
         self.profiles = profiles
         self.detect = detect
         self.detection: Optional[P.Detection] = None
+        self.new_state: dict = {}
 
     def _hang_finding(self, name: str, timeout: float) -> Finding:
         hung = self.ctx.gpu.mark_hung()
@@ -99,6 +101,8 @@ class Runner:
             return [gpu_error_finding(name, err, profile=self.ctx.profile)], None
         except Exception as exc:
             return [Finding(name, Severity.ERROR, "check failed while gathering: %s: %s" % (type(exc).__name__, exc))], None
+        if isinstance(data, dict) and "_state" in data:
+            self.new_state[name] = data["_state"]
         return self.evaluate(name, module, data), data
 
     def evaluate(self, name: str, module: Any, data: Any) -> List[Finding]:
@@ -110,6 +114,7 @@ class Runner:
 
     def run(self, names: Sequence[str], budget: float, suite: Optional[str] = None) -> Report:
         started_wall = time.time()
+        self.load_state()
         deadline = time.monotonic() + budget
         findings: List[Finding] = []
         names = list(names)
@@ -133,6 +138,7 @@ class Runner:
         for name in names:
             out, _ = self.run_check(name, deadline)
             findings.extend(out)
+        self._save_state()
         return Report(node=self.ctx.node, context=self.ctx.context, profile=self.ctx.profile.name,
                       started=started_wall, ended=time.time(), findings=findings, job_id=self.ctx.job_id,
                       boot_id=self._boot_id(), suite=suite, gpus=self._gpus())
@@ -146,6 +152,15 @@ class Runner:
             return [self._hang_finding("nvml", timeout)], None
         except Exception as exc:
             return [Finding("nvml", Severity.ERROR, "inventory failed: %s: %s" % (type(exc).__name__, exc))], None
+
+    def load_state(self) -> None:
+        self.ctx.previous = localstate.read(self.ctx.config["state_dir"], state_file(self.ctx.node)) or {}
+
+    def _save_state(self) -> None:
+        if self.new_state:
+            merged = dict(self.ctx.previous)
+            merged.update(self.new_state)
+            localstate.write(self.ctx.config["state_dir"], state_file(self.ctx.node), merged)
 
     def _boot_id(self) -> Optional[str]:
         try:

@@ -18,7 +18,7 @@ _EVENT = re.compile(
     r"(?P<kind>NVRM: Xid|SXid) \((?:PCI:)?(?P<bus>[0-9A-Fa-f]{1,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}(?:\.[0-7])?)\):"
     r"\s*(?P<xid>\d+)\s*(?:,\s*(?P<rest>.*))?$"
 )
-_PID = re.compile(r"pid\s*=\s*'?(?P<pid>\d+|<unknown>)'?\s*,\s*name\s*=\s*(?P<name>[^,]*?)\s*,\s*")
+_PID = re.compile(r"pid\s*=\s*'?(?P<pid>\d+|<unknown>)'?\s*,\s*(?:name\s*=\s*(?P<name>[^,]*?)\s*,\s*)?")
 _SXID_SEV = re.compile(r"^(?P<sev>Fatal|Non-fatal)\s*,\s*", re.IGNORECASE)
 
 # Timestamp prefixes, tried in order; the first that matches the line's start names its time.
@@ -78,7 +78,8 @@ def parse_line(line: str, lineno: int = 0) -> Optional[XidEvent]:
     pm = _PID.match(rest)
     if pm:
         pid = int(pm.group("pid")) if pm.group("pid").isdigit() else None
-        name = pm.group("name").strip("'") if pm.group("name") not in ("<unknown>", "'<unknown>'") else None
+        raw = (pm.group("name") or "").strip("'")
+        name = raw if raw not in ("", "<unknown>") else None
         rest = rest[pm.end():]
     fatal = None
     kind = "xid" if m.group("kind") == "NVRM: Xid" else "sxid"

@@ -49,6 +49,13 @@ class Context:
     profile: Optional[Profile] = None
     job_id: Optional[str] = None
     inventory: Optional[Inventory] = None
+    # what each check kept from the previous run on this node (counters for deltas, cursors);
+    # a gather step returns its new state as data["_state"] and the runner saves them together
+    previous: Dict[str, Any] = field(default_factory=dict)
+
+    def previous_state(self, check: str) -> Dict[str, Any]:
+        value = self.previous.get(check)
+        return value if isinstance(value, dict) else {}
 
     def command_timeout(self) -> float:
         return float(self.config["timeouts"]["command"])
@@ -67,6 +74,11 @@ class Context:
         if inv is None:
             return []
         return [ref for ref in inv.gpus if ref.index not in inv.errors]
+
+
+def state_file(node: str) -> str:
+    """Name of the local state file holding every check's state for a node."""
+    return "checks-%s" % node
 
 
 @dataclass
@@ -139,3 +151,17 @@ def gpu_findings(check: str, entries: List[Entry],
 def worst(findings: List[Finding]) -> Severity:
     return max((f.severity for f in findings if f.severity.is_tier), key=lambda s: s.rank,
                default=Severity.PASS)
+
+
+def by_uuid(entries: List[Entry], fn: Callable[[Any], Any]) -> Dict[str, Any]:
+    """{GPU UUID: fn(value)} of the entries that answered: the state a check keeps for deltas,
+    keyed by UUID so a swapped board never yields a bogus delta."""
+    return {e.gpu.uuid: fn(e.value) for e in entries if e.error is None and e.gpu.uuid}
+
+
+def delta(now: Optional[float], before: Optional[float]) -> Optional[float]:
+    """Growth of a counter since the previous run; None without a previous value; a counter
+    that went down (reset) counts from zero."""
+    if now is None or before is None:
+        return None
+    return now - before if now >= before else now

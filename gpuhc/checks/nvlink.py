@@ -4,18 +4,46 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ..model import Finding, GpuRef, Severity
-from .base import Context, gpu_findings, per_gpu
+from .base import Context, by_uuid, delta, gpu_findings, per_gpu
 
 NAME = "nvlink"
 NEEDS_GPU = True
 COUNTERS = ("replay", "recovery", "crc_flit", "crc_data")
+# growth of a link's counter between two runs that is worth a MONITOR finding
+DELTA_LIMITS = {"recovery": 1, "replay": 1000, "crc_flit": 1000, "crc_data": 100}
+
+
+def _counters(links: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    return {str(l["link"]): {c: l.get(c) for c in COUNTERS} for l in links}
 
 
 def gather(ctx: Context) -> Dict[str, Any]:
-    return {"gpus": per_gpu(ctx, ctx.gpu.nvlink)}
+    entries = per_gpu(ctx, ctx.gpu.nvlink)
+    return {"gpus": entries, "previous": ctx.previous_state(NAME), "_state": by_uuid(entries, _counters)}
 
 
-def _one(gpu: GpuRef, links: List[Dict[str, Any]], profile) -> List[Finding]:
+def _growth(gpu: GpuRef, links: List[Dict[str, Any]], previous: Dict[str, Any]) -> List[Finding]:
+    before = previous.get(gpu.uuid) or {}
+    out = []
+    for link in links:
+        old = before.get(str(link["link"])) or {}
+        grown = {c: delta(link.get(c), old.get(c)) for c in COUNTERS}
+        over = ["%s +%d" % (c, d) for c, d in grown.items() if d is not None and d >= DELTA_LIMITS[c]]
+        if over:
+            out.append(Finding(NAME, Severity.MONITOR, "NVLink %d errors since the last run: %s" % (link["link"], ", ".join(over)),
+                               gpu=gpu, metrics={"link": link["link"], **{c + "_delta": d for c, d in grown.items() if d}},
+                               remediation="watch this link; if it keeps growing, reset the GPU and check the NVSwitch/baseboard"))
+    return out
+
+
+def _one(gpu: GpuRef, links: List[Dict[str, Any]], profile, previous: Dict[str, Any]) -> List[Finding]:
+    found, grown = _state_of_links(gpu, links, profile), _growth(gpu, links, previous)
+    if grown and all(f.severity is Severity.PASS for f in found):
+        return grown
+    return found + grown
+
+
+def _state_of_links(gpu: GpuRef, links: List[Dict[str, Any]], profile) -> List[Finding]:
     expected = profile.nvlinks if profile is not None else None
     active = [l["link"] for l in links if l.get("active")]
     inactive = [l["link"] for l in links if not l.get("active")]
@@ -38,4 +66,5 @@ def _one(gpu: GpuRef, links: List[Dict[str, Any]], profile) -> List[Finding]:
 
 
 def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
-    return gpu_findings(NAME, data["gpus"], lambda gpu, v: _one(gpu, v, profile))
+    previous = data.get("previous") or {}
+    return gpu_findings(NAME, data["gpus"], lambda gpu, v: _one(gpu, v, profile, previous))

@@ -4,11 +4,12 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ..model import Finding, GpuRef, Severity
-from .base import Context, gpu_findings, per_gpu
+from .base import Context, by_uuid, delta, gpu_findings, per_gpu
 
 NAME = "pcie"
 NEEDS_GPU = True
 LOADED_UTILIZATION = 50      # % GPU utilisation above which a lower link generation is not power saving
+REPLAY_GROWTH = 100          # PCIe replays between two runs worth a MONITOR finding
 
 
 def gather(ctx: Context) -> Dict[str, Any]:
@@ -16,10 +17,12 @@ def gather(ctx: Context) -> Dict[str, Any]:
         link = ctx.gpu.pcie(i)
         link["utilization"] = (ctx.gpu.utilization(i) or {}).get("gpu")
         return link
-    return {"gpus": per_gpu(ctx, both)}
+    entries = per_gpu(ctx, both)
+    return {"gpus": entries, "previous": ctx.previous_state(NAME),
+            "_state": by_uuid(entries, lambda link: link.get("replay_counter"))}
 
 
-def _one(gpu: GpuRef, link: Dict[str, Any], profile) -> List[Finding]:
+def _one(gpu: GpuRef, link: Dict[str, Any], profile, previous: Dict[str, Any]) -> List[Finding]:
     out = []
     width, width_max = link.get("width_current"), link.get("width_max")
     gen, gen_max = link.get("gen_current"), link.get("gen_max")
@@ -36,10 +39,17 @@ def _one(gpu: GpuRef, link: Dict[str, Any], profile) -> List[Finding]:
         out.append(Finding(NAME, Severity.MONITOR, "PCIe link can reach only gen%d, profile expects gen%d"
                            % (gen_max, profile.pcie_gen), gpu=gpu, metrics=metrics,
                            remediation="check the BIOS PCIe speed setting and the riser"))
+    grown = delta(link.get("replay_counter"), previous.get(gpu.uuid))
+    if grown is not None:
+        metrics["replay_delta"] = grown
+        if grown >= REPLAY_GROWTH:
+            out.append(Finding(NAME, Severity.MONITOR, "%d PCIe replays since the last run" % grown, gpu=gpu, metrics=metrics,
+                               remediation="a marginal link: watch it; reseat the GPU or riser if it keeps growing"))
     if not out:
         out.append(Finding(NAME, Severity.PASS, "x%s gen%s (max gen%s)" % (width, gen, gen_max), gpu=gpu, metrics=metrics))
     return out
 
 
 def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
-    return gpu_findings(NAME, data["gpus"], lambda gpu, v: _one(gpu, v, profile))
+    previous = data.get("previous") or {}
+    return gpu_findings(NAME, data["gpus"], lambda gpu, v: _one(gpu, v, profile, previous))

@@ -14,29 +14,26 @@ from .. import localstate
 from .. import xid as X
 from ..backends.gpu import normalize_bus_id
 from ..model import Finding, Severity
-from .base import Context
+from .base import Context, state_file
 
 NAME = "xid"
 NEEDS_GPU = False
 
 
-def state_name(node: str) -> str:
-    return "xid-%s" % node
-
-
 def acknowledge(state_dir: str, node: str, xid: Optional[int] = None, pci_bus_id: Optional[str] = None) -> int:
     """An operator's acknowledgement: matching active events stop producing findings until they recur."""
-    state = localstate.read(state_dir, state_name(node)) or {}
-    n = X.acknowledge(state.get("events", []), xid, normalize_bus_id(pci_bus_id) if pci_bus_id else None)
-    if n and not localstate.write(state_dir, state_name(node), state):
+    name = state_file(node)
+    states = localstate.read(state_dir, name) or {}
+    events = (states.get(NAME) or {}).get("events", [])
+    n = X.acknowledge(events, xid, normalize_bus_id(pci_bus_id) if pci_bus_id else None)
+    if n and not localstate.write(state_dir, name, states):
         raise OSError("cannot write the Xid state in %s" % state_dir)
     return n
 
 
 def gather(ctx: Context) -> Dict[str, Any]:
-    state_dir = ctx.config["state_dir"]
     boot = ctx.host.boot_id()
-    state = localstate.read(state_dir, state_name(ctx.node)) or {}
+    state = dict(ctx.previous_state(NAME))
     if state.get("boot_id") != boot:
         state = {"boot_id": boot, "cursor": None, "events": []}
     chunk = ctx.host.kernel_log_since(state.get("cursor"))
@@ -44,10 +41,10 @@ def gather(ctx: Context) -> Dict[str, Any]:
     state["events"] = X.merge(state.get("events", []), new)
     state["cursor"] = chunk.cursor
     state["lost"] = state.get("lost", 0) + chunk.lost
-    localstate.write(state_dir, state_name(ctx.node), state)
     inv = ctx.inventory
     xcfg = ctx.config.get("xid") or {}
     return {
+        "_state": state,
         "events": [e for e in state["events"] if X.active(e)],
         "lost": state["lost"],
         "gpus": {ref.pci_bus_id: ref for ref in (inv.gpus if inv else [])},

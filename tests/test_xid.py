@@ -1,0 +1,153 @@
+"""Xid/SXid parsing on real kernel-log line shapes, classification, and the per-boot event state."""
+import json
+import os
+
+import pytest
+
+from gpuhc import xid as X
+from gpuhc.model import Severity
+
+from conftest import gpuhc
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+MIXED = os.path.join(DATA, "kernel-xid-mixed.log")
+
+# (line number, kind, xid, bus, time, pid, process, message start)
+WANTED = [
+    (2, "xid", 79, "0000:3b:00.0", "Mon Jun 12 09:33:41 2023", 0, None, "GPU has fallen off the bus."),
+    (4, "xid", 31, "0000:b1:00.0", "Jun 12 09:35:02", 12345, "python", "Ch 00000008, intr"),
+    (5, "xid", 94, "0000:07:00.0", "2024-01-15T10:22:33.123456+00:00", 2345, "pt_main_thread", "Contained: SM"),
+    (6, "xid", 95, "0000:0f:00.0", "2345.678901", None, None, "Uncontained: FBHUB"),
+    (7, "xid", 119, "0000:5d:00.0", "23456.789012", 3321, "nvidia-smi", "Timeout after 6s"),
+    (8, "xid", 13, "0000:03:00.0", None, None, None, "0003 00000000"),
+    (9, "xid", 48, "0000:ab:00.0", "8812.003311", 41234, "python3", "An uncorrectable double bit error"),
+    (10, "sxid", 12028, "0000:88:00.0", "Mar  1 12:00:00", None, None, "Link 32 egress"),
+    (11, "sxid", 24007, "0000:05:00.0", "Mar  1 12:00:01", None, None, "Link 08 sourcetrack"),
+    (12, "xid", 154, "0000:5d:00.0", "9100.000001", None, None, "GPU recovery action changed"),
+]
+
+
+def test_every_prefix_style_parses_and_negatives_do_not():
+    with open(MIXED) as fh:
+        events = X.parse(fh.read().splitlines())
+    got = [(e.line, e.kind, e.xid, e.pci_bus_id, e.time, e.pid, e.process) for e in events]
+    assert got == [w[:7] for w in WANTED]
+    for ev, w in zip(events, WANTED):
+        assert ev.message.startswith(w[7]), (ev.message, w[7])
+    assert events[1].monotonic == 1234567.891011           # syslog prefix then [sec.usec]
+    assert events[4].seq == 1832                            # /dev/kmsg sequence number
+    assert (events[7].fatal, events[8].fatal) == (False, True)
+
+
+def test_scan_of_whole_text_matches_line_parser():
+    with open(MIXED) as fh:
+        text = fh.read()
+    assert [(e.line, e.xid) for e in X.scan(text)] == [(w[0], w[2]) for w in WANTED]
+    # a chunk that starts later in the log keeps the log's own line numbers
+    assert X.scan("x\n" + "NVRM: Xid (PCI:0000:05:00): 74, NVLink\n", first_line=101)[0].line == 102
+
+
+@pytest.mark.parametrize("xid,gpu,cond,severity", [
+    (79, "NVIDIA H100 80GB HBM3", {}, "REBOOT"),
+    (54, "H100", {}, "ISOLATE"),
+    (48, "H100", {}, "RESET"),
+    (45, "H100", {}, "MONITOR"),
+    (13, "H100", {}, "MONITOR"),
+    (31, "H100", {}, "MONITOR"),
+    (64, "NVIDIA H100 80GB HBM3", {}, "RESET"),
+    (64, "NVIDIA A100-SXM4-80GB", {}, "REBOOT"),
+    (95, "NVIDIA A100-SXM4-80GB", {"mig_enabled": False}, "REBOOT"),
+    (95, "NVIDIA A100-SXM4-80GB", {"mig_enabled": True}, "RESET"),
+    (95, "NVIDIA H100 80GB HBM3", {"mig_enabled": False}, "RESET"),
+    (74, "H100", {}, "RESET"),
+    (74, "H100", {"overrides": {74: "REBOOT"}}, "REBOOT"),
+    (145, "H100", {}, "MONITOR"),
+    (159, "H100", {"uvm_in_use": True}, "RESET"),
+    (159, "H100", {"uvm_in_use": False}, "MONITOR"),
+    (165, "H100", {}, "MONITOR"),
+    (165, "H100", {"strict": True}, "ISOLATE"),
+    (999, "H100", {}, "MONITOR"),
+])
+def test_catalog_severities_and_conditional_rules(xid, gpu, cond, severity):
+    ev = X.parse_line("NVRM: Xid (PCI:0000:18:00): %d, pid=1, name=x, something" % xid, 1)
+    assert X.classify(ev, X.Conditions(gpu_name=gpu, **cond))[0] == severity
+
+
+@pytest.mark.parametrize("action,severity", [
+    ("0x1 (GPU Reset Required)", "RESET"), ("0x2 (Node Reboot Required)", "REBOOT"),
+    ("0x4 (Drain and Reset)", "RESET"), ("0x3 (Drain P2P)", "RESET"), ("0x0 (None)", "MONITOR")])
+def test_xid154_recovery_action_decides(action, severity):
+    ev = X.parse_line("NVRM: Xid (PCI:0000:18:00): 154, GPU recovery action changed from 0x0 (None) to %s" % action)
+    assert X.classify(ev)[0] == severity
+
+
+def test_sxid_fatal_word_decides_and_unknown_xid_is_named():
+    fatal = X.parse_line("nvidia-nvswitch0: SXid (PCI:0000:05:00.0): 24007, Fatal, Link 08 crumbstore ECC DBE Error")
+    nonfatal = X.parse_line("nvidia-nvswitch3: SXid (PCI:0000:88:00.0): 12028, Non-fatal, Link 32 egress error")
+    assert X.classify(fatal)[0] == "RESET" and X.classify(nonfatal)[0] == "MONITOR"
+    sev, res, desc = X.classify(X.parse_line("NVRM: Xid (PCI:0000:18:00): 999, mystery"))
+    assert (sev, res) == ("MONITOR", "UNKNOWN") and "999" in desc
+
+
+def test_merge_folds_repeats_and_154_to_none_clears_the_gpu():
+    lines = ["NVRM: Xid (PCI:0000:18:00): 45, pid=1, name=p, Ch 00000008",
+             "NVRM: Xid (PCI:0000:18:00): 45, pid=1, name=p, Ch 00000009",
+             "NVRM: Xid (PCI:0000:2a:00): 48, pid=1, name=p, DBE"]
+    recs = X.merge([], X.parse(lines))
+    assert [(r["xid"], r["count"]) for r in recs] == [(45, 2), (48, 1)]
+    recs = X.merge(recs, X.parse(["NVRM: Xid (PCI:0000:2a:00): 154, GPU recovery action changed from 0x1 (GPU Reset Required) to 0x0 (None)"]))
+    assert [X.active(r) for r in recs] == [True, False, True]
+    # the same fault again after the reset is active again
+    recs = X.merge(recs, X.parse(lines[2:]))
+    assert X.active(recs[1]) and recs[1]["count"] == 2
+    assert X.acknowledge(recs, xid=48) == 1 and not X.active(recs[1]) and X.active(recs[0])
+
+
+def test_xid_command_json(tmp_path):
+    res = gpuhc("xid", MIXED, "--json")
+    assert res.returncode == 0, res.stderr
+    events = json.loads(res.stdout)
+    assert [e["line"] for e in events] == [w[0] for w in WANTED]
+    e79 = events[0]
+    assert {"kind", "xid", "pci_bus_id", "severity", "resolution", "message", "line"} <= set(e79)
+    assert (e79["kind"], e79["xid"], e79["pci_bus_id"], e79["severity"]) == ("xid", 79, "0000:3b:00.0", "REBOOT")
+    assert events[7]["kind"] == "sxid"
+    with open(MIXED) as fh:
+        res = gpuhc("xid", "-", input=fh.read())
+    assert res.returncode == 0 and "Xid" not in res.stdout.splitlines()[0] or "TIME" in res.stdout.splitlines()[0]
+    assert "0000:b1:00.0" in res.stdout and "REBOOT" in res.stdout
+    res = gpuhc("xid", str(tmp_path / "missing.log"))
+    assert res.returncode == 2 and "cannot read" in res.stderr
+
+
+def test_xid_state_across_runs(run_scenario, tmp_path, make_cfg):
+    """Events persist until cleared; new lines are read from the cursor; a reboot starts over."""
+    from gpuhc import session
+    sc = tmp_path / "n.yaml"
+    base = "extends: h100-healthy\nnode: {boot_id: %s}\nkernel_log:\n%s"
+    line48 = "  - '[ 10.0] NVRM: Xid (PCI:0000:ab:00): 48, pid=1, name=p, DBE'\n"
+    cfg = make_cfg(simulate=str(sc))
+
+    def xid_findings():
+        report, _, _ = session.run(cfg, "check", checks=["xid"], node="gpu-009")
+        return [(f.severity.value, f.metrics.get("xid"), f.metrics.get("count")) for f in report.findings if f.check == "xid"]
+
+    sc.write_text(base % ("boot-1", "  - '[ 1.0] NVRM: loading NVIDIA'\n"))
+    assert xid_findings() == [("PASS", None, None)]
+    sc.write_text(base % ("boot-1", "  - '[ 1.0] NVRM: loading NVIDIA'\n" + line48))
+    assert xid_findings() == [("RESET", 48, 1)]
+    assert xid_findings() == [("RESET", 48, 1)]           # still active, not counted twice
+    sc.write_text(base % ("boot-1", "  - '[ 1.0] NVRM: loading NVIDIA'\n" + line48 + line48))
+    assert xid_findings() == [("RESET", 48, 2)]           # the new line only
+    res = gpuhc("ack", "--node", "gpu-009", "--xid", "48",
+                env={"GPUHC_CONFIG": _cfg_file(tmp_path, cfg)})
+    assert res.returncode == 0 and "acknowledged 1" in res.stdout
+    assert xid_findings() == [("PASS", None, None)]
+    sc.write_text(base % ("boot-2", line48))                # reboot: a new log, a new state
+    assert xid_findings() == [("RESET", 48, 1)]
+
+
+def _cfg_file(tmp_path, cfg):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("store: %s\nstate_dir: %s\n" % (cfg["store"], cfg["state_dir"]))
+    return str(path)
