@@ -140,6 +140,7 @@ class Conditions:
     """What the conditional rules of the catalog look at."""
     gpu_name: str = ""
     mig_enabled: Optional[bool] = None
+    mig_by_bus: Dict[str, bool] = field(default_factory=dict)     # per GPU, where known
     uvm_in_use: Optional[bool] = None
     strict: bool = False
     overrides: Dict[int, str] = field(default_factory=dict)       # xid -> severity name
@@ -170,7 +171,7 @@ def classify(ev: XidEvent, cond: Optional[Conditions] = None) -> Tuple[str, str,
     a100 = "a100" in cond.gpu_name.lower()
     if rule == "a100_reboot" and a100:
         severity = "REBOOT"
-    elif rule == "a100_migoff_reboot" and a100 and cond.mig_enabled is False:
+    elif rule == "a100_migoff_reboot" and a100 and cond.mig_by_bus.get(ev.pci_bus_id, cond.mig_enabled) is False:
         severity = "REBOOT"
     elif rule == "uvm":
         severity = "RESET" if cond.uvm_in_use else "MONITOR"

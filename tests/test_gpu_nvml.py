@@ -115,6 +115,11 @@ class HealthyNode:
     def nvmlDeviceGetRemappedRows(self, h):
         return (2, 0, 0, 0)
 
+    def nvmlDeviceGetRowRemapperHistogram(self, h):
+        vals = real_nvml.c_nvmlRowRemapperHistogramValues()
+        vals.max, vals.high, vals.partial, vals.low, vals.none = 600, 38, 1, 1, 0
+        return vals
+
     # pcie
     def nvmlDeviceGetCurrPcieLinkGeneration(self, h):
         return 5
@@ -276,7 +281,7 @@ def test_every_call_on_fake(backend, fake):
                       "uncorrected_sram": None, "uncorrected_dram": 0}}
     assert backend.retired_pages(0) == {"single_bit": None, "double_bit": None, "pending": None}
     assert backend.remapped_rows(0) == {"correctable": 2, "uncorrectable": 0,
-                                        "pending": False, "failure": False}
+                                        "pending": False, "failure": False, "banks_low": 1, "banks_none": 0}
     assert backend.pcie(0) == {"gen_current": 5, "gen_max": 5, "gen_gpu_max": 5,
                                "width_current": 16, "width_max": 16, "replay_counter": 0}
     assert backend.clock_event_reasons(0) == 1

@@ -151,3 +151,30 @@ def _cfg_file(tmp_path, cfg):
     path = tmp_path / "cfg.yaml"
     path.write_text("store: %s\nstate_dir: %s\n" % (cfg["store"], cfg["state_dir"]))
     return str(path)
+
+
+def test_xid_conditions_gathered_from_the_node(run_scenario, tmp_path):
+    """Xid 95 on A100 is REBOOT only with MIG off (asked of NVML); Xid 159 is RESET only with UVM in use."""
+    def run(extra):
+        sc = tmp_path / "a100.yaml"
+        sc.write_text("extends: a100-healthy\n" + extra)
+        report = run_scenario(str(sc), checks=["xid"], state_dir=str(tmp_path / ("s%d" % len(extra))))
+        return [(f.metrics.get("xid"), f.severity.value) for f in report.findings if f.check == "xid"]
+
+    log95 = "kernel_log: ['NVRM: Xid (PCI:0000:47:00): 95, pid=1, name=p, Uncontained: FBHUB. RST: Yes']\n"
+    assert run(log95) == [(95, "REBOOT")]
+    assert run(log95 + "gpus: {2: {modes: {mig_current: true, mig_pending: true}}}\n") == [(95, "RESET")]
+    log159 = "kernel_log: ['NVRM: Xid (PCI:0000:47:00): 159, pid=1, name=p, CHI non-data error']\n"
+    assert run(log159 + "files: {/proc/modules: 'nvidia_uvm 1900544 4 - Live 0x0\\n'}\n") == [(159, "RESET")]
+    assert run(log159 + "files: {/proc/modules: 'nvidia_uvm 1900544 0 - Live 0x0\\n'}\n ") == [(159, "MONITOR")]
+
+
+def test_sxid_beside_xid74_names_the_nvswitch(run_scenario, tmp_path):
+    sc = tmp_path / "nvl.yaml"
+    sc.write_text("extends: h100-healthy\nkernel_log:\n"
+                  "  - 'NVRM: Xid (PCI:0000:18:00): 74, pid=1, name=p, NVLink: fatal error detected on link 4'\n"
+                  "  - 'nvidia-nvswitch2: SXid (PCI:0000:07:00.0): 24007, Fatal, Link 40 sourcetrack TCEN0 crumbstore ECC DBE Error'\n")
+    report = run_scenario(str(sc), checks=["xid"])
+    x74 = [f for f in report.findings if f.metrics.get("xid") == 74][0]
+    assert x74.severity.value == "RESET" and x74.gpu.index == 0
+    assert "SXid 24007 on NVSwitch 0000:07:00.0" in x74.message and "NVSwitch" in x74.remediation

@@ -70,7 +70,7 @@ CALLS = {
     "ecc": "{enabled, pending, volatile: {corrected, uncorrected}, aggregate: {corrected, uncorrected,"
            " uncorrected_sram, uncorrected_dram}}",
     "retired_pages": "{single_bit, double_bit, pending}",
-    "remapped_rows": "{correctable, uncorrectable, pending, failure}",
+    "remapped_rows": "{correctable, uncorrectable, pending, failure, banks_low, banks_none}",
     "pcie": "{gen_current, gen_max, gen_gpu_max, width_current, width_max, replay_counter}",
     "nvlink": "[{link, active, replay, recovery, crc_flit, crc_data, remote_pci_bus_id}]",
     "clock_event_reasons": "int bitmask (NVML clocks event / throttle reasons)",

@@ -366,8 +366,12 @@ class NvmlBackend(GpuBackend):
         if rows is None:
             return {"correctable": None, "uncorrectable": None, "pending": None, "failure": None}
         corr, unc, pending, failure = rows
+        # banks by spare rows left: "none" = a bank that cannot remap another row
+        hist = self._opt("nvmlDeviceGetRowRemapperHistogram", self._handle(i))
         return {"correctable": int(corr), "uncorrectable": int(unc),
-                "pending": bool(pending), "failure": bool(failure)}
+                "pending": bool(pending), "failure": bool(failure),
+                "banks_low": int(hist.low) if hist is not None else None,
+                "banks_none": int(hist.none) if hist is not None else None}
 
     def _pcie(self, i: int) -> Dict[str, Any]:
         h = self._handle(i)

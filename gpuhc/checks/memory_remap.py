@@ -23,11 +23,16 @@ def _one(gpu: GpuRef, v: Dict[str, Any]) -> List[Finding]:
     pages = v.get("pages") or {}
     metrics = {k: v for k, v in {
         "remapped_rows_correctable": rows.get("correctable"), "remapped_rows_uncorrectable": rows.get("uncorrectable"),
+        "remap_banks_low": rows.get("banks_low"), "remap_banks_none": rows.get("banks_none"),
         "retired_pages_sbe": pages.get("single_bit"), "retired_pages_dbe": pages.get("double_bit")}.items()
         if v is not None}
     if rows.get("failure"):
         out.append(Finding(NAME, Severity.ISOLATE, "row remapping failed: a memory bank has no spare rows left",
                            gpu=gpu, metrics=metrics, remediation="take the GPU out of service and open an RMA"))
+    elif rows.get("banks_none"):
+        out.append(Finding(NAME, Severity.ISOLATE, "%d memory bank(s) have no spare rows left: the next error there "
+                           "cannot be remapped" % rows["banks_none"], gpu=gpu, metrics=metrics,
+                           remediation="take the GPU out of service and open an RMA"))
     elif rows.get("pending"):
         out.append(Finding(NAME, Severity.RESET, "row remapping pending (%s uncorrectable rows)" % rows.get("uncorrectable"),
                            gpu=gpu, metrics=metrics, remediation="drain and reset the GPU to apply the remap"))
@@ -39,6 +44,9 @@ def _one(gpu: GpuRef, v: Dict[str, Any]) -> List[Finding]:
         elif pages.get("pending"):
             out.append(Finding(NAME, Severity.RESET, "page retirement pending", gpu=gpu, metrics=metrics,
                                remediation="drain and reset the GPU to retire the pages"))
+    if not out and rows.get("banks_low"):
+        out.append(Finding(NAME, Severity.MONITOR, "%d memory bank(s) are low on spare rows" % rows["banks_low"],
+                           gpu=gpu, metrics=metrics, remediation="plan a replacement if more rows get remapped"))
     if not out:
         out.append(Finding(NAME, Severity.PASS, "no remap pending or failed", gpu=gpu, metrics=metrics))
     return out

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 from .. import localstate
 from .. import xid as X
-from ..backends.gpu import normalize_bus_id
+from ..backends.gpu import GpuError, normalize_bus_id
 from ..model import Finding, Severity
 from .base import Context, state_file
 
@@ -43,21 +43,60 @@ def gather(ctx: Context) -> Dict[str, Any]:
     state["lost"] = state.get("lost", 0) + chunk.lost
     inv = ctx.inventory
     xcfg = ctx.config.get("xid") or {}
+    events = [e for e in state["events"] if X.active(e)]
+    gpus = {ref.pci_bus_id: ref for ref in (inv.gpus if inv else [])}
     return {
         "_state": state,
-        "events": [e for e in state["events"] if X.active(e)],
+        "events": events,
         "lost": state["lost"],
-        "gpus": {ref.pci_bus_id: ref for ref in (inv.gpus if inv else [])},
+        "gpus": gpus,
         "conditions": X.Conditions(gpu_name=(inv.model or "") if inv else "", strict=bool(xcfg.get("strict")),
+                                   mig_by_bus=_mig_modes(ctx, events, gpus),
+                                   uvm_in_use=_uvm_in_use(ctx) if any(e["xid"] == 159 for e in events) else None,
                                    overrides={int(k): v for k, v in (xcfg.get("overrides") or {}).items()},
                                    sxid_overrides={int(k): v for k, v in (xcfg.get("sxid_overrides") or {}).items()}),
     }
 
 
+def _mig_modes(ctx: Context, events: List[dict], gpus: Dict[str, Any]) -> Dict[str, bool]:
+    """MIG mode of the GPUs whose events have a MIG-dependent rule (Xid 95), asked only then."""
+    out: Dict[str, bool] = {}
+    for bus in {e["pci_bus_id"] for e in events if e["kind"] == "xid" and e["xid"] == 95}:
+        ref = gpus.get(bus)
+        if ref is None or ctx.gpu_unavailable():
+            continue
+        try:
+            mig = ctx.gpu.modes(ref.index).get("mig_current")
+        except GpuError:
+            continue
+        if mig is not None:
+            out[bus] = bool(mig)
+    return out
+
+
+def _uvm_in_use(ctx: Context) -> Optional[bool]:
+    """Whether the nvidia_uvm module has users (/proc/modules reference count), for Xid 159."""
+    text = ctx.host.read_text("/proc/modules")
+    if text is None:
+        return None
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "nvidia_uvm" and len(fields) > 2:
+            return fields[2].isdigit() and int(fields[2]) > 0
+    return False
+
+
+def _nvswitch_cause(events: List[X.XidEvent]) -> str:
+    """An SXid beside an Xid 74 points at the NVSwitch rather than the GPU."""
+    sxids = ["SXid %d on NVSwitch %s" % (e.xid, e.pci_bus_id) for e in events if e.kind == "sxid"]
+    return "; %s at the same time points at the NVSwitch" % ", ".join(sorted(set(sxids))[:3]) if sxids else ""
+
+
 def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
     out: List[Finding] = []
-    for rec in data["events"]:
-        ev = X.event_from_record(rec)
+    events = [X.event_from_record(rec) for rec in data["events"]]
+    switch_cause = _nvswitch_cause(events)
+    for ev in events:
         severity, resolution, desc = X.classify(ev, data["conditions"])
         ref = data["gpus"].get(ev.pci_bus_id)
         label = "Xid" if ev.kind == "xid" else "SXid"
@@ -65,6 +104,9 @@ def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
         text = "%s %d on %s: %s" % (label, ev.xid, where, ev.message or desc)
         if ev.count > 1:
             text += " (x%d)" % ev.count
+        if ev.kind == "xid" and ev.xid == 74 and switch_cause:
+            text += switch_cause
+            resolution += ", check the NVSwitch and fabric manager first"
         out.append(Finding(NAME, Severity.parse(severity), text, gpu=ref,
                            device=None if ref is not None else ev.pci_bus_id,
                            remediation="%s (%s)" % (desc, resolution), metrics={"xid": ev.xid, "count": ev.count}))
