@@ -1,30 +1,150 @@
-"""Slurm through its command-line tools (scontrol, sinfo --json), each with a timeout.
+"""Slurm through its command-line tools (sinfo --json, scontrol), each with a timeout.
 
-Arguments are passed as lists, never through a shell.
+Arguments are passed as lists, never through a shell. Node state and state flags come from
+``sinfo --json``: DRAIN is a flag beside the base state (Slurm 22.05 gives ``state`` as a
+string and ``state_flags`` as a list; 23.02 and later give ``state`` as a list), so both
+shapes are read into one set of upper-case words.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 
 
-def _run(argv: List[str], timeout: float) -> Optional[str]:
-    if shutil.which(argv[0]) is None:
-        return None
+class SlurmError(Exception):
+    """A Slurm command failed or timed out; the message says which and why."""
+
+
+@dataclass
+class NodeView:
+    name: str
+    states: Set[str]                     # base state and flags, upper case: IDLE, ALLOCATED, DRAIN, MAINT...
+    reason: str = ""
+    reason_time: Optional[int] = None    # epoch seconds the reason was set
+    partitions: List[str] = field(default_factory=list)
+    comment: str = ""
+    features: List[str] = field(default_factory=list)
+    boot_time: Optional[int] = None
+
+    @property
+    def drained(self) -> bool:
+        return "DRAIN" in self.states or "DRAINED" in self.states or "DRAINING" in self.states
+
+    @property
+    def down(self) -> bool:
+        return "DOWN" in self.states
+
+    @property
+    def owned_by_gpuhc(self) -> bool:
+        return self.reason.startswith("gpuhc:")
+
+
+def _words(value: Any) -> Set[str]:
+    if value is None:
+        return set()
+    if isinstance(value, str):
+        return {w.upper() for w in value.replace("+", " ").split() if w}
+    return {str(w).upper() for w in value}
+
+
+def _number(value: Any) -> Optional[int]:
+    if isinstance(value, dict):           # 23.x: {"set": true, "number": N}
+        value = value.get("number") if value.get("set", True) else None
     try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
-    except (subprocess.TimeoutExpired, OSError):
+        return int(value) if value not in (None, "", 0) else None
+    except (TypeError, ValueError):
         return None
-    return proc.stdout if proc.returncode == 0 else None
+
+
+def parse_nodes(text: str) -> Dict[str, NodeView]:
+    """NodeViews from ``sinfo --json`` (22.05 through 24.x shapes)."""
+    data = json.loads(text)
+    out: Dict[str, NodeView] = {}
+    for node in data.get("nodes", []):
+        name = node.get("name") or node.get("hostname")
+        if not name:
+            continue
+        states = _words(node.get("state")) | _words(node.get("state_flags"))
+        feats = node.get("active_features") or node.get("features") or ""
+        if isinstance(feats, str):
+            feats = [f for f in feats.split(",") if f]
+        view = out.get(name)
+        parts = node.get("partitions") or ([node["partition"]] if node.get("partition") else [])
+        if view is not None:                  # sinfo repeats a node once per partition
+            view.partitions.extend(p for p in parts if p not in view.partitions)
+            continue
+        out[name] = NodeView(name=name, states=states, reason=node.get("reason") or "",
+                             reason_time=_number(node.get("reason_changed_at") or node.get("reason_set_at")),
+                             partitions=list(parts), comment=node.get("comment") or "", features=list(feats),
+                             boot_time=_number(node.get("boot_time")))
+    return out
+
+
+class SlurmCli:
+    """The default Slurm backend."""
+
+    kind = "cli"
+
+    def __init__(self, timeout: float = 5.0) -> None:
+        self.timeout = timeout
+
+    def available(self) -> bool:
+        return shutil.which("scontrol") is not None and shutil.which("sinfo") is not None
+
+    def _run(self, argv: Sequence[str], timeout: Optional[float] = None) -> str:
+        if shutil.which(argv[0]) is None:
+            raise SlurmError("%s not found" % argv[0])
+        try:
+            proc = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  timeout=timeout or self.timeout)
+        except subprocess.TimeoutExpired:
+            raise SlurmError("%s timed out after %gs" % (" ".join(argv[:3]), timeout or self.timeout)) from None
+        except OSError as exc:
+            raise SlurmError("%s: %s" % (argv[0], exc)) from None
+        if proc.returncode != 0:
+            msg = (proc.stderr or proc.stdout).strip().splitlines()
+            raise SlurmError("%s failed (rc %d): %s" % (" ".join(argv[:3]), proc.returncode, msg[-1] if msg else ""))
+        return proc.stdout
+
+    def nodes(self, names: Optional[Iterable[str]] = None) -> Dict[str, NodeView]:
+        argv = ["sinfo", "--json"]
+        names = list(names or [])
+        if names:
+            argv += ["--nodes", ",".join(names)]
+        text = self._run(argv)
+        try:
+            return parse_nodes(text)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise SlurmError("sinfo --json gave unreadable output: %s" % exc) from None
+
+    def node(self, name: str) -> Optional[NodeView]:
+        return self.nodes([name]).get(name)
+
+    def update_node(self, name: str, **fields: str) -> None:
+        argv = ["scontrol", "update", "NodeName=%s" % name]
+        argv += ["%s=%s" % (k, v) for k, v in fields.items()]
+        self._run(argv)
+
+    def drain(self, name: str, reason: str) -> None:
+        self.update_node(name, State="DRAIN", Reason=reason)
+
+    def resume(self, name: str) -> None:
+        self.update_node(name, State="RESUME")
+
+    def set_comment(self, name: str, comment: str) -> None:
+        self.update_node(name, Comment=comment)
+
+    def features(self, name: str) -> List[str]:
+        view = self.node(name)
+        return view.features if view else []
 
 
 def node_features(node: str, timeout: float = 3.0) -> List[str]:
-    """The node's available and active features; [] when Slurm cannot be asked."""
-    out = _run(["scontrol", "show", "node", node, "--oneliner"], timeout)
-    feats: List[str] = []
-    for token in (out or "").split():
-        key, _, value = token.partition("=")
-        if key in ("AvailableFeatures", "ActiveFeatures") and value not in ("", "(null)"):
-            feats.extend(f for f in value.split(",") if f and f not in feats)
-    return feats
+    """The node's features; [] when Slurm cannot be asked (used by profile detection)."""
+    try:
+        return SlurmCli(timeout).features(node)
+    except SlurmError:
+        return []

@@ -1,0 +1,200 @@
+"""The Slurm contexts (prolog, epilog, healthcheck) and resume: run the checks, decide with
+policy, act through Slurm, record in the store, print one line per finding.
+
+Order matters: drain first, then record, then exit non-zero from the prolog so Slurm
+requeues the job and keeps gpuhc's reason. Slurm is asked about the node only when there
+is something to act on, so a healthy prolog makes no Slurm call at all.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import policy, session
+from .backends.slurm_cli import NodeView, SlurmCli, SlurmError
+from .model import Report, Severity
+
+PROLOG, EPILOG, HEALTHCHECK = "prolog", "epilog", "healthcheck"
+
+
+def log(line: str) -> None:
+    print("gpuhc: %s" % line, file=sys.stderr)
+
+
+def slurm_backend(cfg: Dict[str, Any]) -> Optional[SlurmCli]:
+    if cfg["slurm"]["backend"] == "none":
+        return None
+    return SlurmCli(timeout=float(cfg["slurm"]["timeout"]))
+
+
+def open_store(cfg: Dict[str, Any]):
+    from .store import Store
+
+    return Store.from_config(cfg)
+
+
+def record(cfg: Dict[str, Any], report: Report) -> None:
+    """Record in the store; a failure is a warning, never a change of outcome."""
+    try:
+        open_store(cfg).record(report)
+    except Exception as exc:     # the store bounds its own time; this guards against the rest
+        log("warning: result not recorded: %s" % exc)
+
+
+def job_failed(env: Dict[str, str]) -> bool:
+    """From the epilog's environment: a non-zero exit code or a signal."""
+    code2 = env.get("SLURM_JOB_EXIT_CODE2")          # "exit:signal"
+    if code2:
+        exit_code, _, signal = code2.partition(":")
+        return exit_code not in ("", "0") or signal not in ("", "0")
+    raw = env.get("SLURM_JOB_EXIT_CODE")
+    return bool(raw) and raw != "0"
+
+
+def suite_for(cfg: Dict[str, Any], context: str, env: Dict[str, str]) -> str:
+    if context == EPILOG and job_failed(env):
+        return cfg["epilog"]["failure_suite"]
+    return cfg["context_suites"].get(context, context)
+
+
+@dataclass
+class Outcome:
+    report: Report
+    action: policy.Action
+    exit_code: int
+
+
+def _view(slurm: Optional[SlurmCli], node: str) -> Optional[NodeView]:
+    if slurm is None:
+        return None
+    try:
+        return slurm.node(node)
+    except SlurmError as exc:
+        log("warning: %s" % exc)
+        return None
+
+
+def _act(slurm: SlurmCli, node: str, action: policy.Action) -> policy.Action:
+    try:
+        if action.kind == policy.DRAIN:
+            slurm.drain(node, action.reason)
+        elif action.kind == policy.COMMENT:
+            slurm.set_comment(node, action.reason)
+        elif action.kind == policy.RESUME:
+            slurm.resume(node)
+            slurm.set_comment(node, "")
+    except SlurmError as exc:
+        log("warning: could not %s %s: %s" % (action.kind, node, exc))
+        return policy.Action(policy.SKIP, action.reason, "Slurm refused: %s" % exc)
+    return action
+
+
+def decide_and_act(cfg: Dict[str, Any], report: Report, slurm: Optional[SlurmCli]) -> policy.Action:
+    overall = report.overall
+    if overall is Severity.PASS or overall is Severity.ERROR:
+        if report.context == HEALTHCHECK and overall is Severity.PASS:
+            return consider_resume(cfg, report.node, slurm, latest=report)
+        return policy.decide(report, None, cfg)       # no Slurm call on the pass path
+    if overall is Severity.MONITOR and not cfg["slurm"]["comment_monitor"]:
+        return policy.Action(policy.NONE, why="monitor: comments disabled")
+    view = _view(slurm, report.node)
+    nodes = None
+    if overall.unhealthy and view is not None and not view.drained and cfg["breaker"]["enabled"]:
+        try:
+            nodes = slurm.nodes() if slurm else None
+        except SlurmError as exc:
+            log("warning: breaker cannot count drains: %s" % exc)
+            return policy.Action(policy.SKIP, policy.drain_reason(report), "breaker state unknown: %s" % exc)
+    action = policy.decide(report, view, cfg, nodes)
+    if slurm is not None and action.kind in (policy.DRAIN, policy.COMMENT):
+        action = _act(slurm, report.node, action)
+    return action
+
+
+def consider_resume(cfg: Dict[str, Any], node: str, slurm: Optional[SlurmCli],
+                    latest: Optional[Report] = None) -> policy.Action:
+    """Automatic resume of a gpuhc drain on enough evidence (healthcheck context, sweep)."""
+    view = _view(slurm, node)
+    if view is None or not view.drained or not view.owned_by_gpuhc:
+        return policy.Action(policy.NONE, why="healthy")
+    store = open_store(cfg)
+    history = store.history(node)
+    if latest is not None:
+        history = [latest] + [r for r in history if r.started < latest.started]
+    drained_by = next((r for r in history if r.action == policy.DRAIN), None)
+    action = policy.may_resume(view, history, cfg, drained_by)
+    if action.kind == policy.RESUME and slurm is not None:
+        action = _act(slurm, node, action)
+    return action
+
+
+def run_context(cfg: Dict[str, Any], context: str, node: Optional[str] = None, simulate: Optional[str] = None,
+                env: Optional[Dict[str, str]] = None) -> Outcome:
+    env = dict(os.environ if env is None else env)
+    suite = suite_for(cfg, context, env)
+    report, _, ctx = session.run(cfg, context, suite=suite, node=node, simulate=simulate,
+                                 job_id=env.get("SLURM_JOB_ID"))
+    slurm = slurm_backend(cfg)
+    action = decide_and_act(cfg, report, slurm)
+    if action.kind != policy.NONE:
+        report.action = action.kind
+    record(cfg, report)
+    for line in finding_lines(report, action):
+        print(line)
+    code = 0
+    if context == PROLOG and report.overall.unhealthy:
+        # requeue the job only where gpuhc owns the node's state: drained now, or already by gpuhc
+        code = 1 if action.kind in (policy.DRAIN, policy.HELD) else 0
+    return Outcome(report, action, code)
+
+
+def finding_lines(report: Report, action: policy.Action) -> List[str]:
+    """What Slurm's logs get: one line per finding that is not a pass, then the outcome."""
+    out = []
+    for f in report.top_findings():
+        if f.severity in (Severity.PASS, Severity.SKIP):
+            continue
+        where = " " + f.where() if f.where() else ""
+        out.append("gpuhc %s %s %s%s: %s" % (report.context, f.severity.value, f.check, where, f.message))
+    tail = "gpuhc %s %s on %s" % (report.context, report.overall.value, report.node)
+    if report.job_id:
+        tail += " job %s" % report.job_id
+    if action.kind != policy.NONE or action.why not in ("healthy", ""):
+        tail += ": %s%s" % (action.kind, " (%s)" % action.why if action.why else "")
+    out.append(tail)
+    return out
+
+
+def resume_nodes(cfg: Dict[str, Any], nodes: Sequence[str], force: bool) -> List[Tuple[str, str, str]]:
+    """`gpuhc resume`: (node, result, why) per node. Never touches a reason that is not gpuhc's."""
+    slurm = slurm_backend(cfg)
+    if slurm is None:
+        return [(n, "error", "Slurm backend disabled (slurm.backend: none)") for n in nodes]
+    try:
+        views = slurm.nodes(nodes)
+    except SlurmError as exc:
+        return [(n, "error", str(exc)) for n in nodes]
+    out = []
+    store = open_store(cfg)
+    for node in nodes:
+        view = views.get(node)
+        if view is None:
+            out.append((node, "error", "not a Slurm node"))
+        elif not view.drained:
+            out.append((node, "skipped", "not drained"))
+        elif not view.owned_by_gpuhc:
+            out.append((node, "refused", "drained by someone else: %s" % (view.reason or "no reason")))
+        elif force:
+            store.acknowledge(node)
+            action = _act(slurm, node, policy.Action(policy.RESUME, why="forced by operator"))
+            out.append((node, "resumed" if action.kind == policy.RESUME else "error", action.why))
+        else:
+            history = store.history(node)
+            drained_by = next((r for r in history if r.action == policy.DRAIN), None)
+            action = policy.may_resume(view, history, cfg, drained_by)
+            if action.kind == policy.RESUME:
+                action = _act(slurm, node, action)
+            out.append((node, "resumed" if action.kind == policy.RESUME else "kept", action.why))
+    return out

@@ -1,0 +1,194 @@
+"""From a report to what gpuhc does about it in Slurm: drain, comment, resume, or nothing.
+
+Pure decisions on plain inputs (the report, Slurm's view of the node, the config, recent
+history); the caller (actions.py) talks to Slurm and the store. Rules (DESIGN.md section 6):
+
+* gpuhc changes only nodes whose reason starts with ``gpuhc:``; a node drained or down for
+  any other reason is left alone, and so is a node in boot, reboot, maint, future or
+  down/not-responding state. When Slurm's view cannot be read, nothing is done.
+* RESET and worse drain with ``gpuhc: <SEVERITY> <check>: <detail>``; MONITOR sets the node
+  comment; ERROR alone changes nothing.
+* The breaker: past a fraction of a partition (or a count) drained by gpuhc within a window,
+  gpuhc stops draining and records "would-drain" until an operator acts. ``dry_run`` does
+  the same for everything.
+* Resume needs evidence as strong as the drain's: consecutive passes of a suite at least as
+  deep, a new boot id after a REBOOT drain, and never after ISOLATE.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+from .backends.slurm_cli import NodeView
+from .model import Finding, Report, Severity
+
+PREFIX = "gpuhc:"
+REASON_MAX = 200
+# States in which acting on a node is wrong (Slurm's words, upper case).
+HANDS_OFF = {"BOOT", "REBOOT", "REBOOT_REQUESTED", "REBOOT_ISSUED", "MAINT", "FUTURE", "DOWN",
+             "NOT_RESPONDING", "NO_RESPOND", "POWERED_DOWN", "POWERING_DOWN", "POWERING_UP", "POWER_DOWN",
+             "RESERVED_MAINT"}
+
+NONE, DRAIN, WOULD_DRAIN, COMMENT, RESUME, SKIP = "none", "drain", "would-drain", "comment", "resume", "skip"
+HELD = "held"       # already drained by gpuhc for at least this severity: the reason is kept
+
+
+@dataclass
+class Action:
+    kind: str                   # none | drain | held | would-drain | comment | resume | skip
+    reason: str = ""            # drain reason or comment text
+    why: str = ""               # one line for logs and the store
+
+    def to_dict(self) -> Dict[str, str]:
+        return {"kind": self.kind, "reason": self.reason, "why": self.why}
+
+
+def top_finding(report: Report) -> Optional[Finding]:
+    ordered = report.top_findings()
+    return ordered[0] if ordered else None
+
+
+def drain_reason(report: Report) -> str:
+    """``gpuhc: REBOOT xid: Xid 79 on GPU3 0000:5d:00.0: ... (+2 more) job 123``, short."""
+    top = top_finding(report)
+    if top is None:
+        return PREFIX
+    more = sum(1 for f in report.findings if f.severity.unhealthy) - 1
+    text = "%s %s %s: %s" % (PREFIX, top.severity.value, top.check, top.message)
+    tail = ""
+    if more > 0:
+        tail += " (+%d more)" % more
+    if report.job_id and report.context == "epilog":
+        tail += " job %s" % report.job_id
+    if len(text) + len(tail) > REASON_MAX:
+        text = text[:REASON_MAX - len(tail) - 3] + "..."
+    return (text + tail).replace("\n", " ")
+
+
+def reason_severity(reason: str) -> Optional[Severity]:
+    """The severity written in a gpuhc drain reason, or None for another reason."""
+    if not reason.startswith(PREFIX):
+        return None
+    word = reason[len(PREFIX):].split(None, 1)[0] if reason[len(PREFIX):].strip() else ""
+    try:
+        return Severity.parse(word)
+    except ValueError:
+        return None
+
+
+def hands_off(view: Optional[NodeView]) -> Optional[str]:
+    """Why gpuhc must not touch this node now, or None."""
+    if view is None:
+        return "node state could not be read from Slurm"
+    bad = sorted(view.states & HANDS_OFF)
+    if bad:
+        return "node is %s" % ",".join(bad).lower()
+    if view.drained and not view.owned_by_gpuhc:
+        return "drained by someone else (%s)" % (view.reason or "no reason")
+    return None
+
+
+def breaker_open(view: NodeView, nodes: Dict[str, NodeView], cfg: Dict[str, Any],
+                 now: Optional[float] = None) -> Optional[str]:
+    """Why one more drain would exceed the breaker, or None."""
+    b = cfg["breaker"]
+    if not b["enabled"]:
+        return None
+    now = time.time() if now is None else now
+
+    def recent_gpuhc_drain(n: NodeView) -> bool:
+        return n.drained and n.owned_by_gpuhc and n.name != view.name and (
+            n.reason_time is None or now - n.reason_time <= b["window"])
+
+    scopes = [("cluster", list(nodes.values()))]
+    for part in view.partitions:
+        scopes.append(("partition %s" % part, [n for n in nodes.values() if part in n.partitions]))
+    for label, members in scopes:
+        if not members:
+            continue
+        drained = sum(1 for n in members if recent_gpuhc_drain(n)) + 1
+        if b["max_nodes"] is not None and drained > b["max_nodes"]:
+            return "breaker: %d gpuhc drains in %s would exceed max_nodes %d" % (drained, label, b["max_nodes"])
+        allowed = max(1, int(b["max_fraction"] * len(members)))    # one drain is always allowed
+        if drained > allowed:
+            return "breaker: %d of %d nodes in %s drained by gpuhc would exceed %.0f%% (%d)" % (
+                drained, len(members), label, 100 * b["max_fraction"], allowed)
+    return None
+
+
+def decide(report: Report, view: Optional[NodeView], cfg: Dict[str, Any],
+           nodes: Optional[Dict[str, NodeView]] = None) -> Action:
+    """What to do about a fresh report on this node (prolog, epilog, healthcheck, sweep)."""
+    overall = report.overall
+    if overall is Severity.ERROR:
+        return Action(NONE, why="checker error only: recorded, nothing changed")
+    if not overall.unhealthy and overall is not Severity.MONITOR:
+        return Action(NONE, why="healthy")
+    blocked = hands_off(view)
+    if blocked:
+        return Action(SKIP, why=blocked)
+    assert view is not None
+    if overall is Severity.MONITOR:
+        text = "%s MONITOR %s" % (PREFIX, _short(top_finding(report)))
+        if view.comment == text:
+            return Action(NONE, why="comment already set")
+        return Action(COMMENT, reason=text, why="monitor finding")
+    reason = drain_reason(report)
+    if view.drained:              # already drained by gpuhc: only escalate the reason
+        old = reason_severity(view.reason)
+        if old is not None and old.rank >= overall.rank:
+            return Action(HELD, reason=view.reason, why="already drained by gpuhc (%s)" % old.value)
+        return Action(DRAIN, reason=reason, why="escalated from %s" % (old.value if old else "?"))
+    if cfg["slurm"]["dry_run"]:
+        return Action(WOULD_DRAIN, reason=reason, why="dry_run")
+    why = breaker_open(view, nodes, cfg) if nodes else None
+    if why:
+        return Action(WOULD_DRAIN, reason=reason, why=why)
+    return Action(DRAIN, reason=reason, why="unhealthy")
+
+
+def _short(f: Optional[Finding]) -> str:
+    if f is None:
+        return ""
+    return ("%s: %s" % (f.check, f.message))[:REASON_MAX]
+
+
+def suite_depth(cfg: Dict[str, Any], suite: Optional[str]) -> int:
+    return int(cfg["resume"]["suite_depth"].get(suite or "", 1))
+
+
+def may_resume(view: Optional[NodeView], history: Sequence[Report], cfg: Dict[str, Any],
+               drained_by: Optional[Report] = None) -> Action:
+    """Automatic resume of a node gpuhc drained, from its recent history (newest first).
+
+    Needs ``resume.passes`` consecutive healthy reports (PASS or MONITOR) of a suite at least
+    as deep as the one that drained, newer than the drain; after a REBOOT drain they must come
+    from a new boot; an ISOLATE drain is never resumed automatically.
+    """
+    if view is None or not view.drained or not view.owned_by_gpuhc:
+        return Action(NONE, why="not drained by gpuhc")
+    if not cfg["resume"]["auto"]:
+        return Action(NONE, why="automatic resume disabled")
+    severity = reason_severity(view.reason)
+    if severity is Severity.ISOLATE:
+        return Action(NONE, why="ISOLATE drains are resumed only by an operator")
+    need = int(cfg["resume"]["passes"])
+    depth = suite_depth(cfg, drained_by.suite) if drained_by else 1
+    passes: List[Report] = []
+    for rep in history:
+        if drained_by is not None and rep.started <= drained_by.started:
+            break
+        if rep.overall.unhealthy:
+            break
+        if rep.overall is Severity.ERROR:
+            continue
+        if suite_depth(cfg, rep.suite) < depth:
+            continue
+        if severity is Severity.REBOOT and drained_by is not None and rep.boot_id == drained_by.boot_id:
+            continue
+        passes.append(rep)
+        if len(passes) >= need:
+            return Action(RESUME, why="%d consecutive passes since the %s drain" % (need, severity.value if severity else "gpuhc"))
+    extra = " on a new boot" if severity is Severity.REBOOT else ""
+    return Action(NONE, why="%d of %d passes%s since the drain" % (len(passes), need, extra))
