@@ -15,7 +15,9 @@ from .yamlio import parse_yaml
 DEFAULT_PATH = "/etc/gpuhc/config.yaml"
 
 LIGHTWEIGHT = ["gpu_count", "xid", "ecc", "memory_remap", "pcie", "nvlink", "clocks",
-               "thermal_power", "gpu_config", "fabric", "processes"]
+               "thermal_power", "gpu_config", "fabric", "processes", "network"]
+# checks that load the GPUs for minutes: never in the prolog, epilog or lightweight suites
+INTENSIVE = ["dcgm"]
 
 
 def _default_store() -> str:
@@ -36,12 +38,20 @@ def defaults() -> Dict[str, Any]:
         "kernel_log": "auto",
         "xid": {"strict": False, "overrides": {}, "sxid_overrides": {}},
         "detect": {"slurm_features": True, "cloud_metadata": True, "cloud_timeout": 0.3},
+        # dcgmi diag: the run level by context (else `level`); levels 3 and 4 only where the node is
+        # exclusive (quarantine, sweep, or `exclusive: true`); `timeout` bounds the diag in seconds
+        "dcgm": {"level": 1, "levels": {"quarantine": 3}, "timeout": 900.0, "required": False,
+                 "exclusive": False, "start_hostengine": True, "overrides": {}},
+        # network: link_downed growth between two runs that counts as flapping; kernel modules RDMA needs
+        "network": {"flap_threshold": 1, "memlock": True, "efa_modules": ["efa", "ib_core", "ib_uverbs"],
+                    "ib_modules": ["ib_core", "ib_uverbs"]},
         "suites": {
             "prolog": list(LIGHTWEIGHT),
             "epilog": list(LIGHTWEIGHT),
             "healthcheck": list(LIGHTWEIGHT),
             "lightweight": list(LIGHTWEIGHT),
-            "intensive": list(LIGHTWEIGHT),
+            "intensive": list(LIGHTWEIGHT) + INTENSIVE,
+            "dcgm": ["dcgm"],
         },
         "context_suites": {"prolog": "prolog", "epilog": "epilog", "healthcheck": "healthcheck",
                            "check": "lightweight", "sweep": "lightweight", "quarantine": "intensive"},
@@ -82,6 +92,9 @@ SCHEMA: Dict[str, Any] = {
     "profile": OPT_STR,
     "kernel_log": str,
     "detect": {"slurm_features": bool, "cloud_metadata": bool, "cloud_timeout": NUM},
+    "dcgm": {"level": int, "levels": _MapOf(int), "timeout": NUM, "required": bool, "exclusive": bool,
+             "start_hostengine": bool, "overrides": _MapOf(_Choice(*TIERS))},
+    "network": {"flap_threshold": NUM, "memlock": bool, "efa_modules": _ListOf(str), "ib_modules": _ListOf(str)},
     "suites": _MapOf(_ListOf(str)),
     "xid": {"strict": bool, "overrides": _MapOf(_Choice(*TIERS)), "sxid_overrides": _MapOf(_Choice(*TIERS))},
     "context_suites": _MapOf(str),
@@ -186,8 +199,19 @@ def load(path: Optional[str] = None) -> Dict[str, Any]:
     return cfg
 
 
+COMMAND_MARGIN = 60.0     # beyond a check's own command timeout: probes and starting a daemon first
+
+
 def check_timeout(cfg: Dict[str, Any], check: str) -> float:
-    return float(cfg["timeouts"]["checks"].get(check, cfg["timeouts"]["check"]))
+    """timeouts.checks.NAME; else a check section's own command `timeout` plus a margin (dcgm runs
+    for minutes); else timeouts.check."""
+    own = cfg["timeouts"]["checks"].get(check)
+    if own is not None:
+        return float(own)
+    section = cfg.get(check)
+    if isinstance(section, dict) and "timeout" in section:
+        return float(section["timeout"]) + COMMAND_MARGIN
+    return float(cfg["timeouts"]["check"])
 
 
 def budget(cfg: Dict[str, Any], context: str) -> float:

@@ -27,6 +27,11 @@ EXPECTED = {
     "h100-nvml-hang": ("REBOOT", "generic", [("nvml", "REBOOT", None, "did not return")]),
     "h100-xid45-burst": ("MONITOR", "dgx-h100", [("xid", "MONITOR", 0, "Xid 45 on GPU0"), ("xid", "MONITOR", 0, "(x2)")]),
     "h100-driver-not-loaded": ("REBOOT", "p5.48xlarge", [("nvml", "REBOOT", None, "driver not loaded")]),
+    "p5-efa-missing": ("REBOOT", "p5.48xlarge", [("network", "REBOOT", None, "31 of 32 EFA devices")]),
+    "dgx-h100-ib-degraded": ("RESET", "dgx-h100", [("network", "RESET", None, "mlx5_6/1 is DOWN"),
+                                                   ("network", "RESET", None, "mlx5_3/1 at 200 Gb/s")]),
+    # DCGM is not in the lightweight suite: its fault shows with --check dcgm (tests/test_dcgm.py)
+    "h100-dcgm-fail": ("PASS", "dgx-h100", []),
 }
 
 

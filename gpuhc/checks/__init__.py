@@ -18,6 +18,8 @@ CHECKS: Dict[str, str] = {
     "gpu_config": "gpu_config",
     "fabric": "fabric",
     "processes": "processes",
+    "network": "network",
+    "dcgm": "dcgm",
 }
 
 
