@@ -63,9 +63,8 @@ def bounded(fn: Callable[[], Any], timeout: float) -> Any:
 
 
 class Runner:
-    def __init__(self, ctx: Context, profiles: dict, detect: Callable[[Context], P.Detection]):
+    def __init__(self, ctx: Context, detect: Callable[[Context], P.Detection]):
         self.ctx = ctx
-        self.profiles = profiles
         self.detect = detect
         self.detection: Optional[P.Detection] = None
         self.new_state: dict = {}
@@ -117,24 +116,16 @@ class Runner:
         self.load_state()
         deadline = time.monotonic() + budget
         findings: List[Finding] = []
-        names = list(names)
-        needs_gpu = any(getattr(catalogue.load(n), "NEEDS_GPU", False) for n in names)
-        if (needs_gpu or "xid" in names) and "nvml" not in names:
-            names.insert(0, "nvml")
-        elif "nvml" in names:
-            names.remove("nvml")
-            names.insert(0, "nvml")
-        # nvml's gather gives the inventory profile detection uses; its findings need the profile.
-        first_data = None
-        if names and names[0] == "nvml":
-            nvml_findings, first_data = self._gather_inventory(deadline)
+        # The inventory (nvml) runs first, always: GPU checks start from it, the xid check maps
+        # bus ids with it, and profile detection may need the GPU model and count; its findings
+        # are evaluated once the profile is known.
+        names = [n for n in names if n != "nvml"]
+        nvml_findings, first_data = self._gather_inventory(deadline)
         self.detection = self.detect(self.ctx)
         self.ctx.profile = self.detection.profile
-        if names and names[0] == "nvml":
-            if first_data is not None:
-                nvml_findings = self.evaluate("nvml", catalogue.load("nvml"), first_data)
-            findings.extend(nvml_findings)
-            names = names[1:]
+        if first_data is not None:
+            nvml_findings = self.evaluate("nvml", catalogue.load("nvml"), first_data)
+        findings.extend(nvml_findings)
         for name in names:
             out, _ = self.run_check(name, deadline)
             findings.extend(out)

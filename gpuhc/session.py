@@ -93,7 +93,7 @@ def run(cfg: Dict[str, Any], context: str, suite: Optional[str] = None, checks: 
     gpu, host = open_backends(cfg, node, simulate)
     ctx = Context(node=node, context=context, gpu=gpu, host=host, config=cfg,
                   job_id=job_id or os.environ.get("SLURM_JOB_ID"))
-    runner = Runner(ctx, profiles, detector(cfg, profiles))
+    runner = Runner(ctx, detector(cfg, profiles))
     report = runner.run(names, C.budget(cfg, context), suite=suite)
     if gpu.hung is None:
         try:
