@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Any, Dict, List, Optional
@@ -68,6 +69,22 @@ class Group(click.Group):
 @common_options
 def main() -> None:
     """gpuhc: Slurm-native GPU health checks, drains and quarantine."""
+    _log_to_stderr()
+
+
+class _LogFormat(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return "gpuhc: %s: %s" % (record.levelname.lower(), record.getMessage())
+
+
+def _log_to_stderr() -> None:
+    """Warnings of the library (a corrupt record skipped, a result spooled) as one stderr line each."""
+    logger = logging.getLogger("gpuhc")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(_LogFormat())
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
 
 
 @main.command()
@@ -78,11 +95,12 @@ def main() -> None:
 @click.option("--context", "context_name", default="check", hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show every finding, passes included.")
+@click.option("--no-record", is_flag=True, help="Do not write the result to the store.")
 @click.pass_context
 def check(ctx: click.Context, suite: Optional[str], checks: List[str], node: Optional[str], context_name: str,
-          as_json: bool, show_all: bool) -> None:
+          as_json: bool, show_all: bool, no_record: bool) -> None:
     """Run health checks on this node and print the findings."""
-    from . import output, session
+    from . import output, session, store
 
     cfg = load_config(ctx)
     report, detection, run_ctx = session.run(cfg, context_name, suite=suite, checks=checks, node=node,
@@ -91,6 +109,9 @@ def check(ctx: click.Context, suite: Optional[str], checks: List[str], node: Opt
         emit_json(report.to_dict())
     else:
         click.echo(output.report_text(report, detection, show_all))
+    warning = None if no_record else store.record_safely(cfg, report)
+    if warning:
+        click.echo("gpuhc: warning: %s" % warning, err=True)
     code = report.exit_code
     if run_ctx.gpu.hung is not None:
         # A thread is stuck in the GPU library: leave without waiting for it.
@@ -173,6 +194,77 @@ def ack(ctx: click.Context, node: Optional[str], xid_number: Optional[int], pci_
     cfg = load_config(ctx)
     n = acknowledge(cfg["state_dir"], session.node_name(node), xid_number, pci_bus_id)
     click.echo("acknowledged %d Xid event(s)" % n)
+
+
+@main.command()
+@common_options
+@click.option("-N", "--Node", "per_node", is_flag=True, help="One row per node (last check, context, top finding).")
+@click.option("-R", "--list-reasons", "reasons", is_flag=True, help="One row per distinct reason, like sinfo -R.")
+@click.option("-p", "--partition", metavar="PARTITION[,...]", help="Only these Slurm partitions.")
+@click.option("-n", "--nodes", "nodelist", metavar="NODELIST", help="Only these nodes (hostlist: gpu-[001-064]).")
+@click.option("-t", "--states", metavar="STATE[,...]",
+              help="Only these health states: healthy, monitor, stale, never-checked, error, would-drain, "
+                   "unhealthy, drained, quarantine, drained-admin, down.")
+@click.option("-o", "--format", "fmt", metavar="FORMAT",
+              help="Fields as in sinfo, %[.][size]X: %N nodes, %D count, %P partition, %t health, %s severity, "
+                   "%T Slurm state, %c context, %j job id, %L last check, %a age, %R reason, %W where, "
+                   "%p profile, %A action.")
+@click.option("--noheader", is_flag=True, help="No header line.")
+@click.option("--json", "as_json", is_flag=True, help="JSON for automation (groups, nodes with -N, reasons with -R).")
+@click.pass_context
+def status(ctx: click.Context, per_node: bool, reasons: bool, partition: Optional[str], nodelist: Optional[str],
+           states: Optional[str], fmt: Optional[str], noheader: bool, as_json: bool) -> None:
+    """Health of every node in the store, grouped like sinfo."""
+    from .status import status_text
+
+    click.echo(status_text(load_config(ctx), per_node=per_node, reasons=reasons, partitions=partition,
+                           nodelist=nodelist, states=states, fmt=fmt, as_json=as_json, header=not noheader))
+
+
+@main.command()
+@common_options
+@click.argument("node")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@click.pass_context
+def show(ctx: click.Context, node: str, as_json: bool) -> None:
+    """The newest full report of NODE, every finding included."""
+    from .status import show_text
+
+    click.echo(show_text(load_config(ctx), node, as_json=as_json))
+
+
+@main.command()
+@common_options
+@click.argument("node")
+@click.option("--since", metavar="DURATION", help="Only results of the last DURATION (30m, 2h, 7d).")
+@click.option("--check", metavar="NAME", help="Only results in which this check ran, and its findings.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of the reports.")
+@click.pass_context
+def history(ctx: click.Context, node: str, since: Optional[str], check: Optional[str], as_json: bool) -> None:
+    """The results of NODE over time, newest first."""
+    from .status import history_text
+
+    click.echo(history_text(load_config(ctx), node, since=since, check=check, as_json=as_json))
+
+
+@main.group(cls=Group)
+def export() -> None:
+    """Export the store's results to other systems."""
+
+
+@export.command()
+@common_options
+@click.option("--output", metavar="FILE", help="Write the file atomically (node_exporter's textfile directory).")
+@click.option("-n", "--nodes", "nodelist", metavar="NODELIST",
+              help="Only these nodes (hostlist), e.g. the node itself: -n $SLURMD_NODENAME.")
+@click.pass_context
+def prometheus(ctx: click.Context, output: Optional[str], nodelist: Optional[str]) -> None:
+    """Newest results as Prometheus text format (node_exporter textfile collector)."""
+    from .export import export_prometheus
+
+    text = export_prometheus(load_config(ctx), output, nodelist)
+    if text:
+        click.echo(text, nl=False)
 
 
 def run() -> None:

@@ -61,7 +61,11 @@ def defaults() -> Dict[str, Any]:
             "budget": {"prolog": 8.0, "epilog": 20.0, "healthcheck": 20.0, "check": 60.0,
                        "sweep": 600.0, "quarantine": 3600.0},
             "command": 10.0,
+            "store": 2.0,
+            "store_read": 30.0,
         },
+        "history": {"max_records": 1000, "max_age_days": 90},
+        "status": {"stale_after": 86400},
     }
 
 
@@ -103,7 +107,11 @@ SCHEMA: Dict[str, Any] = {
         "checks": _MapOf(NUM),
         "budget": _MapOf(NUM),
         "command": NUM,
+        "store": NUM,
+        "store_read": NUM,
     },
+    "history": {"max_records": int, "max_age_days": NUM},
+    "status": {"stale_after": NUM},
 }
 
 

@@ -171,6 +171,9 @@ class Report:
     gpus: List[Dict[str, Any]] = field(default_factory=list)   # inventory: index, uuid, pci_bus_id, name, serial
     gpuhc_version: str = __version__
     schema_version: int = SCHEMA_VERSION
+    # What gpuhc did with the result, when policy decided something: "drain", "would-drain" (the
+    # breaker held a drain back), "quarantine", "resume"; None when nothing was decided (gpuhc check).
+    action: Optional[str] = None
 
     @property
     def overall(self) -> Severity:
@@ -204,6 +207,7 @@ class Report:
             "duration_s": round(self.ended - self.started, 3),
             "gpuhc_version": self.gpuhc_version,
             "overall": self.overall.value,
+            "action": self.action,
             "gpus": list(self.gpus),
             "findings": [f.to_dict() for f in self.findings],
         }
@@ -227,4 +231,5 @@ class Report:
             gpus=list(d.get("gpus") or []),
             gpuhc_version=d.get("gpuhc_version", ""),
             schema_version=version,
+            action=d.get("action"),
         )

@@ -1,0 +1,125 @@
+"""``gpuhc export prometheus``: the store's newest results as a node_exporter textfile-collector file.
+
+Families (gauges; one sample per node unless said):
+
+- ``gpuhc_node_severity{node}``, ``gpuhc_check_severity{node,check}``: the overall result and each
+  check's worst finding as a number: SKIP -2, ERROR -1, PASS 0, MONITOR 1, RESET 2, REBOOT 3,
+  ISOLATE 4 (the model's ranks: alert on ``>= 2``, and on ``== -1`` for checks that could not run).
+- ``gpuhc_last_check_timestamp_seconds{node,context}``, ``gpuhc_last_check_duration_seconds{node}``.
+- ``gpuhc_findings{node,severity}``: findings of the newest report by severity (every severity, 0 too).
+- ``gpuhc_metric_<check>_<name>{node,gpu,device}``: the numbers findings carry (ECC counts, NVLink
+  errors, temperatures, ...); ``gpu`` is the GPU index, ``device`` a non-GPU device, "" when none.
+  Where several findings of a check carry the same metric for the same GPU, the most severe wins.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import OrderedDict
+from typing import Dict, List, Optional, Tuple
+
+from .errors import GpuhcError
+from .hostlist import expand
+from .model import Finding, Report, Severity, overall_severity
+from .store import Store, atomic_write
+
+SEVERITY_HELP = "SKIP -2, ERROR -1, PASS 0, MONITOR 1, RESET 2, REBOOT 3, ISOLATE 4"
+_BAD = re.compile(r"[^a-zA-Z0-9_]+")
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _name(*parts: str) -> str:
+    name = "_".join(_BAD.sub("_", p).strip("_") for p in parts if p)
+    return name if not name[:1].isdigit() else "_" + name
+
+
+def _number(value: object) -> str:
+    x = float(value)      # bool and int too
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "+Inf" if x > 0 else "-Inf"
+    return repr(int(x)) if x.is_integer() and abs(x) < 2 ** 53 else repr(x)
+
+
+class _Families:
+    """Families in order of first use; a sample's labels are kept as their rendered text."""
+
+    def __init__(self) -> None:
+        self.families: "OrderedDict[str, Tuple[str, Dict[str, object]]]" = OrderedDict()
+
+    def add(self, name: str, help_text: str, labels: str, value: object, replace: bool = True) -> None:
+        samples = self.families.setdefault(name, (help_text, {}))[1]
+        if replace or labels not in samples:
+            samples[labels] = value
+
+    def text(self) -> str:
+        out: List[str] = []
+        for name, (help_text, samples) in self.families.items():
+            out.append("# HELP %s %s" % (name, help_text.replace("\\", "\\\\").replace("\n", "\\n")))
+            out.append("# TYPE %s gauge" % name)
+            out.extend("%s{%s} %s" % (name, labels, _number(value)) for labels, value in samples.items())
+        return "\n".join(out) + "\n" if out else ""
+
+
+def _label(key: str, value: str) -> str:
+    return '%s="%s"' % (key, _escape(value))
+
+
+def _check_severity(findings: List[Finding]) -> Severity:
+    if findings and all(f.severity is Severity.SKIP for f in findings):
+        return Severity.SKIP
+    return overall_severity(findings)
+
+
+def prometheus_text(reports: Dict[str, Report]) -> str:
+    fam = _Families()
+    severity_help = "Worst finding of each check in the node's newest report: " + SEVERITY_HELP
+    for node in sorted(reports):
+        report = reports[node]
+        n = _label("node", node)
+        fam.add("gpuhc_node_severity", "Overall result of the node's newest check: " + SEVERITY_HELP,
+                n, report.overall.rank)
+        fam.add("gpuhc_last_check_timestamp_seconds", "Start of the node's newest check (Unix time)",
+                n + "," + _label("context", report.context), report.started)
+        fam.add("gpuhc_last_check_duration_seconds", "Wall time of the node's newest check",
+                n, round(max(0.0, report.ended - report.started), 3))
+        by_check: "OrderedDict[str, List[Finding]]" = OrderedDict()
+        for f in report.findings:
+            by_check.setdefault(f.check, []).append(f)
+        for check, findings in by_check.items():
+            fam.add("gpuhc_check_severity", severity_help, n + "," + _label("check", check),
+                    _check_severity(findings).rank)
+        counts = {sev: 0 for sev in Severity}
+        for f in report.findings:
+            counts[f.severity] += 1
+        for sev, count in counts.items():
+            fam.add("gpuhc_findings", "Findings in the node's newest report, by severity",
+                    n + "," + _label("severity", sev.value), count)
+        for f in report.top_findings():       # most severe first: its value wins a shared label set
+            if not f.metrics:
+                continue
+            labels = "%s,%s,%s" % (n, _label("gpu", str(f.gpu.index) if f.gpu else ""), _label("device", f.device or ""))
+            for metric, value in sorted(f.metrics.items()):
+                if isinstance(value, (int, float)):
+                    fam.add(_name("gpuhc_metric", f.check, metric),
+                            "Metric %r carried by the findings of check %r, newest report" % (metric, f.check),
+                            labels, value, replace=False)
+    return fam.text()
+
+
+def export_prometheus(cfg: Dict, output: Optional[str] = None, nodelist: Optional[str] = None) -> str:
+    """The textfile (of the nodes of ``nodelist``, else every node); written atomically to ``output``
+    when given (then '' is returned)."""
+    nodes = expand(nodelist, "--nodes") if nodelist else None
+    text = prometheus_text(Store.from_config(cfg).latest_all(nodes))
+    if not output:
+        return text
+    try:
+        atomic_write(os.path.abspath(output), text.encode())
+    except OSError as exc:
+        raise GpuhcError("--output %s: cannot write: %s" % (output, exc.strerror or exc)) from None
+    return ""

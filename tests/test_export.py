@@ -1,0 +1,119 @@
+"""gpuhc export prometheus: a node_exporter textfile that the Prometheus text parser accepts."""
+import copy
+import os
+import stat
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import gpuhc
+from gpuhc.export import prometheus_text, export_prometheus
+from gpuhc.model import Finding, GpuRef, Severity
+from gpuhc.store import Store
+from test_store import STABLE_CHECKS, isolated
+
+
+
+@pytest.fixture
+def stored(run_scenario, make_cfg):
+    cfg = make_cfg()
+    store = Store.from_config(cfg)
+    reports = {}
+    for node, scenario in (("gpu-001", "h100-healthy"), ("gpu-002", "h100-xid79"), ("gpu-003", "h100-pcie-x8"),
+                           ("gpu-004", "h100-thermal-slowdown")):
+        rep = copy.deepcopy(run_scenario(scenario, context="epilog", checks=STABLE_CHECKS))
+        rep.node = node
+        store.record(rep)
+        reports[node] = Store.from_config(cfg).latest(node)
+    return cfg, reports
+
+
+def families(text):
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def samples(fams, name):
+    return {tuple(sorted(s.labels.items())): s.value for s in fams[name].samples}
+
+
+def test_textfile_parses_with_help_type_and_values(stored):
+    cfg, reports = stored
+    text = export_prometheus(cfg)
+    fams = families(text)
+    for name in ("gpuhc_node_severity", "gpuhc_check_severity", "gpuhc_last_check_timestamp_seconds",
+                 "gpuhc_last_check_duration_seconds", "gpuhc_findings"):
+        assert fams[name].type == "gauge" and fams[name].documentation, name
+    assert "PASS 0" in fams["gpuhc_node_severity"].documentation and "ERROR -1" in fams["gpuhc_node_severity"].documentation
+    nodes = samples(fams, "gpuhc_node_severity")
+    assert nodes == {(("node", n),): float(r.overall.rank) for n, r in reports.items()}
+    assert nodes[(("node", "gpu-002"),)] == 3 and nodes[(("node", "gpu-003"),)] == 2
+    checks = samples(fams, "gpuhc_check_severity")
+    assert checks[(("check", "pcie"), ("node", "gpu-003"))] == 2
+    assert checks[(("check", "pcie"), ("node", "gpu-001"))] == 0
+    assert checks[(("check", "clocks"), ("node", "gpu-004"))] == 1
+    stamps = samples(fams, "gpuhc_last_check_timestamp_seconds")
+    assert stamps[(("context", "epilog"), ("node", "gpu-001"))] == pytest.approx(reports["gpu-001"].started)
+    counts = samples(fams, "gpuhc_findings")
+    for node, rep in reports.items():
+        assert sum(v for k, v in counts.items() if ("node", node) in k) == len(rep.findings)
+        reset = sum(1 for f in rep.findings if f.severity is Severity.RESET)
+        assert counts[(("node", node), ("severity", "RESET"))] == reset
+    # the numbers findings carry, per GPU
+    temps = samples(fams, "gpuhc_metric_thermal_power_temperature_c")
+    assert fams["gpuhc_metric_thermal_power_temperature_c"].documentation
+    hot = next(f for f in reports["gpu-004"].findings if f.check == "thermal_power" and f.severity is Severity.MONITOR)
+    assert temps[(("device", ""), ("gpu", str(hot.gpu.index)), ("node", "gpu-004"))] == hot.metrics["temperature_c"]
+    assert len([k for k in temps if ("node", "gpu-001") in k]) == 8
+    width = samples(fams, "gpuhc_metric_pcie_width_current")
+    assert 8 in width.values() and 16 in width.values()
+    # every series once
+    lines = [l for l in text.splitlines() if l and not l.startswith("#")]
+    assert len(lines) == len({l.rsplit(" ", 1)[0] for l in lines})
+
+
+def test_labels_are_escaped_and_duplicates_keep_the_most_severe(stored):
+    _, reports = stored
+    rep = copy.deepcopy(reports["gpu-001"])
+    rep.findings = [
+        Finding("nvlink", Severity.PASS, "ok", gpu=GpuRef(0), metrics={"link": 1, "ratio": 0.5}),
+        Finding("nvlink", Severity.RESET, "link 3 down", gpu=GpuRef(0), metrics={"link": 3}),
+        Finding("fabric", Severity.SKIP, "no NVSwitch", device='nvswitch "0"\\a\nb', metrics={"up": True}),
+        Finding("ecc", Severity.ERROR, "timed out"),
+    ]
+    fams = families(prometheus_text({'odd"node': rep}))
+    links = samples(fams, "gpuhc_metric_nvlink_link")
+    assert links == {(("device", ""), ("gpu", "0"), ("node", 'odd"node')): 3.0}
+    assert samples(fams, "gpuhc_metric_nvlink_ratio")[(("device", ""), ("gpu", "0"), ("node", 'odd"node'))] == 0.5
+    up = samples(fams, "gpuhc_metric_fabric_up")
+    assert list(up) == [(("device", 'nvswitch "0"\\a\nb'), ("gpu", ""), ("node", 'odd"node'))]
+    checks = samples(fams, "gpuhc_check_severity")
+    assert checks[(("check", "fabric"), ("node", 'odd"node'))] == -2      # SKIP
+    assert checks[(("check", "ecc"), ("node", 'odd"node'))] == -1         # ERROR
+    assert checks[(("check", "nvlink"), ("node", 'odd"node'))] == 2
+
+
+def test_empty_store_exports_nothing(make_cfg):
+    assert export_prometheus(make_cfg()) == ""
+
+
+def test_cli_writes_the_file_atomically(stored, tmp_path):
+    env = isolated(tmp_path)          # the store the fixture filled
+    out_dir = tmp_path / "textfile"
+    out_dir.mkdir()
+    out = out_dir / "gpuhc.prom"
+    out.write_text("old content\n")
+    res = gpuhc("export", "prometheus", "--output", str(out), env=env)
+    assert res.returncode == 0 and res.stdout == "" and res.stderr == ""
+    assert os.listdir(str(out_dir)) == ["gpuhc.prom"]          # no temporary file left behind
+    assert stat.S_IMODE(os.stat(str(out)).st_mode) == 0o644
+    assert "gpuhc_node_severity" in families(out.read_text())
+    res = gpuhc("export", "prometheus", env=env)
+    assert res.returncode == 0 and families(res.stdout)["gpuhc_findings"].samples
+    res = gpuhc("export", "prometheus", "--output", str(tmp_path / "missing" / "x.prom"), env=env)
+    assert res.returncode == 2 and res.stderr.startswith("gpuhc: error: --output %s" % (tmp_path / "missing" / "x.prom"))
+
+
+def test_nodes_option_exports_only_those(stored):
+    cfg, _ = stored
+    fams = families(export_prometheus(cfg, nodelist="gpu-[002-003],gpu-404"))
+    assert {s.labels["node"] for s in fams["gpuhc_node_severity"].samples} == {"gpu-002", "gpu-003"}
