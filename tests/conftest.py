@@ -37,3 +37,14 @@ def gpuhc(*args, env=None, timeout=60, input=None):
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "gpuhc"] + list(args), capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=ROOT, input=input)
+
+
+# The real Slurm cluster (tests/slurm_cluster.py): fixtures `slurm_cluster` (session) and `slurm`
+# (reset per test); every test using them is marked `slurm`.
+from slurm_cluster import slurm, slurm_cluster  # noqa: E402,F401
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if {"slurm", "slurm_cluster"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slurm)
