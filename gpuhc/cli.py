@@ -267,5 +267,45 @@ def prometheus(ctx: click.Context, output: Optional[str], nodelist: Optional[str
         click.echo(text, nl=False)
 
 
+def _context_command(context: str, doc: str):
+    @click.option("--node", metavar="NAME", help="Node name (default $SLURMD_NODENAME).")
+    @common_options
+    @click.pass_context
+    def command(ctx: click.Context, node: Optional[str]) -> None:
+        from . import actions
+
+        outcome = actions.run_context(load_config(ctx), context, node=node, simulate=_state(ctx).get("simulate"))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(outcome.exit_code)     # never wait for a check thread stuck in the GPU library
+    command.__doc__ = doc
+    return main.command(name=context)(command)
+
+
+_context_command("prolog", "Slurm Prolog: check, drain an unhealthy node and exit 1 so the job is requeued.")
+_context_command("epilog", "Slurm Epilog: what happened during the job; drain and attribute findings to the job.")
+_context_command("healthcheck", "Slurm HealthCheckProgram: non-invasive checks; drains like the prolog, resumes on evidence.")
+
+
+@main.command()
+@common_options
+@click.argument("nodelist")
+@click.option("--force", is_flag=True, help="Resume any gpuhc drain now and acknowledge the findings that caused it.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def resume(ctx: click.Context, nodelist: str, force: bool, as_json: bool) -> None:
+    """Resume nodes gpuhc drained: on enough passes, or now with --force. Other drains are refused."""
+    from . import actions
+    from .hostlist import expand
+    from .output import table
+
+    rows = actions.resume_nodes(load_config(ctx), expand(nodelist), force)
+    if as_json:
+        emit_json([{"node": n, "result": r, "why": w} for n, r, w in rows])
+    else:
+        click.echo(table(rows, ["NODE", "RESULT", "WHY"]))
+    ctx.exit(0 if all(r in ("resumed", "skipped") for _, r, _ in rows) else 1)
+
+
 def run() -> None:
     main(prog_name="gpuhc")

@@ -52,6 +52,7 @@ def defaults() -> Dict[str, Any]:
             "lightweight": list(LIGHTWEIGHT),
             "intensive": list(LIGHTWEIGHT) + INTENSIVE,
             "dcgm": ["dcgm"],
+            "epilog_failure": list(LIGHTWEIGHT),
         },
         "context_suites": {"prolog": "prolog", "epilog": "epilog", "healthcheck": "healthcheck",
                            "check": "lightweight", "sweep": "lightweight", "quarantine": "intensive"},
@@ -66,6 +67,17 @@ def defaults() -> Dict[str, Any]:
         },
         "history": {"max_records": 1000, "max_age_days": 90},
         "status": {"stale_after": 86400},
+        # Slurm: backend "cli" (scontrol/sinfo) or "none"; dry_run records what would be drained
+        "slurm": {"backend": "cli", "timeout": 5.0, "dry_run": False, "comment_monitor": True},
+        # stop draining past this share of a partition (or the cluster) drained by gpuhc within window s
+        "breaker": {"enabled": True, "max_fraction": 0.1, "max_nodes": None, "window": 86400.0},
+        # automatic resume: consecutive passes of a suite at least as deep as the draining one
+        "resume": {"auto": True, "passes": 3,
+                   "suite_depth": {"prolog": 1, "epilog": 1, "healthcheck": 1, "lightweight": 1, "check": 1,
+                                   "custom": 0, "intensive": 2, "quarantine": 2}},
+        # epilog: the suite for a job that failed (non-zero exit or signal); per-job opt-out
+        "epilog": {"failure_suite": "epilog_failure", "kill_leftover_processes": False},
+        "job_optout": {"allowed": False, "variable": "GPUHC_SKIP"},
     }
 
 
@@ -112,6 +124,11 @@ SCHEMA: Dict[str, Any] = {
     },
     "history": {"max_records": int, "max_age_days": NUM},
     "status": {"stale_after": NUM},
+    "slurm": {"backend": _Choice("cli", "none"), "timeout": NUM, "dry_run": bool, "comment_monitor": bool},
+    "breaker": {"enabled": bool, "max_fraction": NUM, "max_nodes": (int, type(None)), "window": NUM},
+    "resume": {"auto": bool, "passes": int, "suite_depth": _MapOf(int)},
+    "epilog": {"failure_suite": str, "kill_leftover_processes": bool},
+    "job_optout": {"allowed": bool, "variable": str},
 }
 
 

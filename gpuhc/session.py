@@ -78,6 +78,15 @@ def detector(cfg: Dict[str, Any], profiles: Dict[str, P.Profile]):
     return detect
 
 
+def _ack_time(cfg: Dict[str, Any], node: str) -> Optional[float]:
+    from .store import Store
+
+    try:
+        return Store.from_config(cfg).ack_time(node)
+    except Exception:
+        return None
+
+
 def run(cfg: Dict[str, Any], context: str, suite: Optional[str] = None, checks: Sequence[str] = (),
         node: Optional[str] = None, simulate: Optional[str] = None,
         job_id: Optional[str] = None) -> Tuple[Report, P.Detection, Context]:
@@ -93,6 +102,7 @@ def run(cfg: Dict[str, Any], context: str, suite: Optional[str] = None, checks: 
     gpu, host = open_backends(cfg, node, simulate)
     ctx = Context(node=node, context=context, gpu=gpu, host=host, config=cfg,
                   job_id=job_id or os.environ.get("SLURM_JOB_ID"))
+    ctx.ack_time = lambda: _ack_time(cfg, node)
     runner = Runner(ctx, detector(cfg, profiles))
     report = runner.run(names, C.budget(cfg, context), suite=suite)
     if gpu.hung is None:

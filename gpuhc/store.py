@@ -45,6 +45,7 @@ log = logging.getLogger("gpuhc.store")
 DIR_MODE = 0o755
 FILE_MODE = 0o644
 LATEST, SUMMARY, HISTORY, LOCK = "latest.json", "summary.json", "history.jsonl", ".lock"
+ACK = "ack.json"     # an operator's acknowledgement: findings seen before its time no longer drain
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _counter = itertools.count()
@@ -556,6 +557,26 @@ class Store:
 
     def exists(self, node: str) -> bool:
         return self._bounded_read(lambda: os.path.isdir(self._node_dir(node)))
+
+    # ---- acknowledgements (gpuhc resume --force) ----
+
+    def acknowledge(self, node: str, by: str = "", when: Optional[float] = None) -> float:
+        """Record that an operator acknowledged the node's current findings; the node's next run
+        stops counting the events it saw before this time. Returns the time recorded."""
+        when = time.time() if when is None else when
+        data = json.dumps({"time": when, "by": by}).encode() + b"\n"
+        bounded(lambda: atomic_write(os.path.join(self._node_dir(node, create=True), ACK), data),
+                self.timeout, "store %s" % self.root)
+        return when
+
+    def ack_time(self, node: str) -> Optional[float]:
+        """Time of the node's latest acknowledgement, or None."""
+        def read() -> Optional[float]:
+            path = os.path.join(self._node_dir(node), ACK)
+            raw = _read(path)
+            record = _parse(raw, path) if raw else None
+            return float(record["time"]) if record and "time" in record else None
+        return bounded(read, self.timeout, "store %s" % self.root)
 
 
 def _read_many(paths: List[str], probe: int = 256, slow_s: float = 30e-6, threads: int = 16) -> List[Optional[bytes]]:

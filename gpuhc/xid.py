@@ -208,8 +208,8 @@ def describe(events: List[XidEvent], cond: Optional[Conditions] = None) -> List[
 
 # -- per-boot event records (kept in the local state between runs) -----------------------------
 
-def record(ev: XidEvent) -> dict:
-    return {"kind": ev.kind, "xid": ev.xid, "pci_bus_id": ev.pci_bus_id, "message": ev.message,
+def record(ev: XidEvent, seen: float = 0.0) -> dict:
+    return {"seen": seen, "kind": ev.kind, "xid": ev.xid, "pci_bus_id": ev.pci_bus_id, "message": ev.message,
             "key": "%s|%d|%s|%s" % (ev.kind, ev.xid, ev.pci_bus_id, _strip_ids(ev.message)),
             "count": ev.count, "line": ev.line, "time": ev.time, "fatal": ev.fatal,
             "acked": False, "cleared": False}
@@ -224,7 +224,7 @@ def active(rec: dict) -> bool:
     return not rec.get("acked") and not rec.get("cleared")
 
 
-def merge(records: List[dict], new: List[XidEvent]) -> List[dict]:
+def merge(records: List[dict], new: List[XidEvent], now: float = 0.0) -> List[dict]:
     """New events folded into the records by key (repeats counted, an acknowledged or cleared
     event that happens again is active again); an Xid 154 whose recovery action returns to
     None clears the earlier events of its GPU (the reset it asked for is done)."""
@@ -235,7 +235,7 @@ def merge(records: List[dict], new: List[XidEvent]) -> List[dict]:
             for r in out:
                 if r["pci_bus_id"] == ev.pci_bus_id:
                     r["cleared"] = True
-        rec = record(ev)
+        rec = record(ev, now)
         old = by_key.get(rec["key"])
         if old is None:
             out.append(rec)
@@ -243,15 +243,19 @@ def merge(records: List[dict], new: List[XidEvent]) -> List[dict]:
         else:
             old["count"] += ev.count
             old["acked"] = old["cleared"] = False
+            old["seen"] = now
             old["time"] = ev.time or old.get("time")
     return out
 
 
-def acknowledge(records: List[dict], xid: Optional[int] = None, pci_bus_id: Optional[str] = None) -> int:
-    """Mark matching active records acknowledged; returns how many."""
+def acknowledge(records: List[dict], xid: Optional[int] = None, pci_bus_id: Optional[str] = None,
+                before: Optional[float] = None) -> int:
+    """Mark matching active records acknowledged (only those last seen before ``before``, when
+    given); returns how many."""
     n = 0
     for r in records:
-        if active(r) and (xid is None or r["xid"] == xid) and (pci_bus_id is None or r["pci_bus_id"] == pci_bus_id):
+        if active(r) and (xid is None or r["xid"] == xid) and (pci_bus_id is None or r["pci_bus_id"] == pci_bus_id) \
+                and (before is None or r.get("seen", 0.0) <= before):
             r["acked"] = True
             n += 1
     return n

@@ -178,3 +178,24 @@ def test_sxid_beside_xid74_names_the_nvswitch(run_scenario, tmp_path):
     x74 = [f for f in report.findings if f.metrics.get("xid") == 74][0]
     assert x74.severity.value == "RESET" and x74.gpu.index == 0
     assert "SXid 24007 on NVSwitch 0000:07:00.0" in x74.message and "NVSwitch" in x74.remediation
+
+
+def test_operator_acknowledgement_in_the_store_clears_older_events(tmp_path, make_cfg):
+    """`gpuhc resume --force` writes an acknowledgement to the store; the node's next run stops
+    counting the events it saw before it, and a recurrence after it counts again."""
+    from gpuhc import session
+    from gpuhc.store import Store
+    sc = tmp_path / "n.yaml"
+    line = "  - 'NVRM: Xid (PCI:0000:ab:00): 48, pid=1, name=p, DBE'\n"
+    sc.write_text("extends: h100-healthy\nkernel_log:\n" + line)
+    cfg = make_cfg(simulate=str(sc))
+
+    def sev():
+        report, _, _ = session.run(cfg, "check", checks=["xid"], node="gpu-010")
+        return [f.severity.value for f in report.findings if f.check == "xid"]
+
+    assert sev() == ["RESET"]
+    Store.from_config(cfg).acknowledge("gpu-010", by="test")
+    assert sev() == ["PASS"]
+    sc.write_text("extends: h100-healthy\nkernel_log:\n" + line + line)
+    assert sev() == ["RESET"]

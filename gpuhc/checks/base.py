@@ -52,6 +52,9 @@ class Context:
     # what each check kept from the previous run on this node (counters for deltas, cursors);
     # a gather step returns its new state as data["_state"] and the runner saves them together
     previous: Dict[str, Any] = field(default_factory=dict)
+    # when an operator last acknowledged this node's findings (gpuhc resume --force); asked only
+    # by a check that has something to clear, since it reads shared storage
+    ack_time: Callable[[], Optional[float]] = lambda: None
 
     def previous_state(self, check: str) -> Dict[str, Any]:
         value = self.previous.get(check)

@@ -8,6 +8,7 @@ reset (Xid 154 recovery action back to None), or an operator acknowledges it
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Dict, List, Optional
 
 from .. import localstate
@@ -38,7 +39,11 @@ def gather(ctx: Context) -> Dict[str, Any]:
         state = {"boot_id": boot, "cursor": None, "events": []}
     chunk = ctx.host.kernel_log_since(state.get("cursor"))
     new = X.scan(chunk.text, chunk.first_line)
-    state["events"] = X.merge(state.get("events", []), new)
+    state["events"] = X.merge(state.get("events", []), new, time.time())
+    if any(X.active(e) for e in state["events"]):
+        acked = ctx.ack_time()            # an operator's `gpuhc resume --force`, from the store
+        if acked is not None:
+            X.acknowledge(state["events"], before=acked)
     state["cursor"] = chunk.cursor
     state["lost"] = state.get("lost", 0) + chunk.lost
     inv = ctx.inventory
