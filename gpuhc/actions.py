@@ -167,6 +167,21 @@ def finding_lines(report: Report, action: policy.Action) -> List[str]:
     return out
 
 
+def slurm_view(cfg: Dict[str, Any]) -> Optional[Dict[str, Dict[str, Any]]]:
+    """Slurm's view of every node for `gpuhc status`; None without Slurm (status then reads the
+    store alone)."""
+    slurm = slurm_backend(cfg)
+    if slurm is None or not slurm.available():
+        return None
+    try:
+        nodes = slurm.nodes()
+    except SlurmError as exc:
+        log("warning: showing the store alone: %s" % exc)
+        return None
+    return {name: {"state": sorted(v.states), "reason": v.reason, "partitions": v.partitions}
+            for name, v in nodes.items()}
+
+
 def resume_nodes(cfg: Dict[str, Any], nodes: Sequence[str], force: bool) -> List[Tuple[str, str, str]]:
     """`gpuhc resume`: (node, result, why) per node. Never touches a reason that is not gpuhc's."""
     slurm = slurm_backend(cfg)

@@ -215,10 +215,12 @@ def ack(ctx: click.Context, node: Optional[str], xid_number: Optional[int], pci_
 def status(ctx: click.Context, per_node: bool, reasons: bool, partition: Optional[str], nodelist: Optional[str],
            states: Optional[str], fmt: Optional[str], noheader: bool, as_json: bool) -> None:
     """Health of every node in the store, grouped like sinfo."""
+    from .actions import slurm_view
     from .status import status_text
 
-    click.echo(status_text(load_config(ctx), per_node=per_node, reasons=reasons, partitions=partition,
-                           nodelist=nodelist, states=states, fmt=fmt, as_json=as_json, header=not noheader))
+    cfg = load_config(ctx)
+    click.echo(status_text(cfg, per_node=per_node, reasons=reasons, partitions=partition, nodelist=nodelist,
+                           states=states, fmt=fmt, as_json=as_json, header=not noheader, slurm=slurm_view(cfg)))
 
 
 @main.command()
