@@ -141,13 +141,28 @@ def run_context(cfg: Dict[str, Any], context: str, node: Optional[str] = None, s
     if action.kind != policy.NONE:
         report.action = action.kind
     record(cfg, report)
-    for line in finding_lines(report, action):
+    lines = finding_lines(report, action)
+    for line in lines:
         print(line)
+    to_syslog(lines, report.overall)
     code = 0
     if context == PROLOG and report.overall.unhealthy:
         # requeue the job only where gpuhc owns the node's state: drained now, or already by gpuhc
         code = 1 if action.kind in (policy.DRAIN, policy.HELD) else 0
     return Outcome(report, action, code)
+
+
+def to_syslog(lines: List[str], overall: Severity) -> None:
+    """Slurm discards a prolog's output: the lines also go to syslog (daemon facility)."""
+    try:
+        import syslog
+
+        syslog.openlog("gpuhc", 0, syslog.LOG_DAEMON)
+        prio = syslog.LOG_WARNING if overall.unhealthy else syslog.LOG_INFO
+        for line in lines:
+            syslog.syslog(prio, line)
+    except Exception:
+        pass
 
 
 def finding_lines(report: Report, action: policy.Action) -> List[str]:

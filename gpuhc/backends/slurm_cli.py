@@ -8,6 +8,7 @@ shapes are read into one set of upper-case words.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -92,7 +93,10 @@ class SlurmCli:
         self.timeout = timeout
 
     def available(self) -> bool:
-        return shutil.which("scontrol") is not None and shutil.which("sinfo") is not None
+        """The tools are installed and Slurm is configured on this host."""
+        configured = bool(os.environ.get("SLURM_CONF")) or any(
+            os.path.exists(p) for p in ("/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf"))
+        return configured and shutil.which("scontrol") is not None and shutil.which("sinfo") is not None
 
     def _run(self, argv: Sequence[str], timeout: Optional[float] = None) -> str:
         if shutil.which(argv[0]) is None:
