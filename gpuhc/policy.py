@@ -44,9 +44,25 @@ class Action:
         return {"kind": self.kind, "reason": self.reason, "why": self.why}
 
 
+# Among findings of the same severity, the one that names a cause comes first in a reason: an
+# Xid explains a lost GPU that NVML only reports.
+CAUSE_FIRST = {"xid": 0, "nvml": 2}
+
+
 def top_finding(report: Report) -> Optional[Finding]:
     ordered = report.top_findings()
-    return ordered[0] if ordered else None
+    if not ordered:
+        return None
+    top = ordered[0].severity
+    same = [f for f in ordered if f.severity is top]
+    return min(same, key=lambda f: CAUSE_FIRST.get(f.check, 1))
+
+
+def _describe(f: Finding) -> str:
+    """'check: message', with the GPU or device named when the message does not name it."""
+    where = f.where()
+    message = f.message if not where or where in f.message else "%s %s" % (where, f.message)
+    return "%s: %s" % (f.check, message)
 
 
 def drain_reason(report: Report) -> str:
@@ -55,7 +71,7 @@ def drain_reason(report: Report) -> str:
     if top is None:
         return PREFIX
     more = sum(1 for f in report.findings if f.severity.unhealthy) - 1
-    text = "%s %s %s: %s" % (PREFIX, top.severity.value, top.check, top.message)
+    text = "%s %s %s" % (PREFIX, top.severity.value, _describe(top))
     tail = ""
     if more > 0:
         tail += " (+%d more)" % more
@@ -149,9 +165,7 @@ def decide(report: Report, view: Optional[NodeView], cfg: Dict[str, Any],
 
 
 def _short(f: Optional[Finding]) -> str:
-    if f is None:
-        return ""
-    return ("%s: %s" % (f.check, f.message))[:REASON_MAX]
+    return _describe(f)[:REASON_MAX] if f is not None else ""
 
 
 def suite_depth(cfg: Dict[str, Any], suite: Optional[str]) -> int:
