@@ -100,8 +100,9 @@ class SimHost(Host):
         return CommandResult(int(spec.get("rc", 0)), str(spec.get("stdout", "")), str(spec.get("stderr", "")))
 
     def kernel_log_since(self, cursor: Optional[Dict[str, Any]]) -> LogChunk:
+        # the cursor names the scenario file: another scenario on the same node name is another log
         text = "\n".join(self.scenario.kernel_log)
-        return since_line(text + "\n" if text else "", cursor, "sim")
+        return since_line(text + "\n" if text else "", cursor, "sim:%s" % self.scenario.path)
 
     def instance_type(self, timeout: float) -> Optional[str]:
         return self.scenario.node.get("instance_type")
