@@ -53,10 +53,21 @@ def job_failed(env: Dict[str, str]) -> bool:
     return bool(raw) and raw != "0"
 
 
-def suite_for(cfg: Dict[str, Any], context: str, env: Dict[str, str]) -> str:
-    if context == EPILOG and job_failed(env):
-        return cfg["epilog"]["failure_suite"]
-    return cfg["context_suites"].get(context, context)
+def suite_for(cfg: Dict[str, Any], context: str, env: Dict[str, str],
+              slurm: Optional[SlurmCli] = None) -> str:
+    """The context's suite; for a failed job the epilog's failure suite, unless the operator
+    allows opting out and the job's comment holds the token."""
+    base = cfg["context_suites"].get(context, context)
+    if context != EPILOG or not job_failed(env):
+        return base
+    optout = cfg["job_optout"]
+    if optout["allowed"] and slurm is not None and env.get("SLURM_JOB_ID"):
+        try:
+            if optout["token"] in slurm.job_comment(env["SLURM_JOB_ID"]):
+                return base
+        except SlurmError as exc:
+            log("warning: job comment unreadable: %s" % exc)
+    return cfg["epilog"]["failure_suite"]
 
 
 @dataclass
@@ -133,10 +144,10 @@ def consider_resume(cfg: Dict[str, Any], node: str, slurm: Optional[SlurmCli],
 def run_context(cfg: Dict[str, Any], context: str, node: Optional[str] = None, simulate: Optional[str] = None,
                 env: Optional[Dict[str, str]] = None) -> Outcome:
     env = dict(os.environ if env is None else env)
-    suite = suite_for(cfg, context, env)
+    slurm = slurm_backend(cfg)
+    suite = suite_for(cfg, context, env, slurm)
     report, _, ctx = session.run(cfg, context, suite=suite, node=node, simulate=simulate,
                                  job_id=env.get("SLURM_JOB_ID"))
-    slurm = slurm_backend(cfg)
     action = decide_and_act(cfg, report, slurm)
     if action.kind != policy.NONE:
         report.action = action.kind

@@ -16,6 +16,8 @@ DEFAULT_PATH = "/etc/gpuhc/config.yaml"
 
 LIGHTWEIGHT = ["gpu_count", "xid", "ecc", "memory_remap", "pcie", "nvlink", "clocks",
                "thermal_power", "gpu_config", "fabric", "processes", "network"]
+# after a clean job: what the job may have left behind (new Xids, ECC, remaps, processes)
+EPILOG_QUICK = ["gpu_count", "xid", "ecc", "memory_remap", "processes"]
 # checks that load the GPUs for minutes: never in the prolog, epilog or lightweight suites
 INTENSIVE = ["dcgm"]
 
@@ -47,7 +49,7 @@ def defaults() -> Dict[str, Any]:
                     "ib_modules": ["ib_core", "ib_uverbs"]},
         "suites": {
             "prolog": list(LIGHTWEIGHT),
-            "epilog": list(LIGHTWEIGHT),
+            "epilog": list(EPILOG_QUICK),
             "healthcheck": list(LIGHTWEIGHT),
             "lightweight": list(LIGHTWEIGHT),
             "intensive": list(LIGHTWEIGHT) + INTENSIVE,
@@ -75,9 +77,11 @@ def defaults() -> Dict[str, Any]:
         "resume": {"auto": True, "passes": 3,
                    "suite_depth": {"prolog": 1, "epilog": 1, "healthcheck": 1, "lightweight": 1, "check": 1,
                                    "custom": 0, "intensive": 2, "quarantine": 2}},
-        # epilog: the suite for a job that failed (non-zero exit or signal); per-job opt-out
-        "epilog": {"failure_suite": "epilog_failure", "kill_leftover_processes": False},
-        "job_optout": {"allowed": False, "variable": "GPUHC_SKIP"},
+        # epilog: the suite for a job that failed (non-zero exit or signal)
+        "epilog": {"failure_suite": "epilog_failure"},
+        # per-job opt-out of the slow parts (the failure suite): a job whose --comment holds the
+        # token gets the quick epilog suite; only where the operator allows it
+        "job_optout": {"allowed": False, "token": "gpuhc:skip-slow"},
     }
 
 
@@ -127,8 +131,8 @@ SCHEMA: Dict[str, Any] = {
     "slurm": {"backend": _Choice("cli", "none"), "timeout": NUM, "dry_run": bool, "comment_monitor": bool},
     "breaker": {"enabled": bool, "max_fraction": NUM, "max_nodes": (int, type(None)), "window": NUM},
     "resume": {"auto": bool, "passes": int, "suite_depth": _MapOf(int)},
-    "epilog": {"failure_suite": str, "kill_leftover_processes": bool},
-    "job_optout": {"allowed": bool, "variable": str},
+    "epilog": {"failure_suite": str},
+    "job_optout": {"allowed": bool, "token": str},
 }
 
 

@@ -11,7 +11,8 @@ The prolog and epilog are globs over ``cluster.prolog_dir`` / ``cluster.epilog_d
 first): a test installs what it needs with ``add_prolog``/``add_epilog`` (a script text, or a path
 such as the repository's slurm/prolog.d/50-gpuhc, linked).  They run with ``GPUHC_CONFIG`` set to
 ``cluster.gpuhc_config`` (a file the test writes) and with this interpreter's bin directory first
-on PATH, so ``gpuhc`` is found as it would be when installed system-wide.
+on PATH behind a ``gpuhc`` shim that runs this source tree (whatever copy is installed), so
+``gpuhc`` is found as it would be when installed system-wide.
 
 Set GPUHC_SLURM_KEEP=1 to leave the cluster's files (logs, state) in place after the run.
 """
@@ -51,8 +52,15 @@ class TestCluster(devcluster.Cluster):
         self.prolog_dir = os.path.join(workdir, "prolog.d")
         self.epilog_dir = os.path.join(workdir, "epilog.d")
         self.gpuhc_config = os.path.join(workdir, "gpuhc.yaml")
+        # `gpuhc` on the prolog's PATH runs this source tree, whatever copy is installed
+        shim_dir = os.path.join(workdir, "bin")
+        os.makedirs(shim_dir, exist_ok=True)
+        shim = os.path.join(shim_dir, "gpuhc")
+        with open(shim, "w") as f:
+            f.write("#!/bin/sh\nPYTHONPATH=%s exec %s -m gpuhc \"$@\"\n" % (ROOT, sys.executable))
+        os.chmod(shim, 0o755)
         env = {"GPUHC_CONFIG": self.gpuhc_config,
-               "PATH": os.path.dirname(sys.executable) + ":" + DEFAULT_PATH}
+               "PATH": shim_dir + ":" + os.path.dirname(sys.executable) + ":" + DEFAULT_PATH}
         env.update(kw.pop("env", {}) or {})
         super().__init__(workdir, nodes=nodes, prolog=os.path.join(self.prolog_dir, "*"),
                          epilog=os.path.join(self.epilog_dir, "*"), env=env, **kw)

@@ -240,3 +240,20 @@ def test_status_against_the_cluster(site):
     assert per_node["gpu-004"]["health"] == "drained-admin"
     reasons = s.gpuhc("status", "-R", check=True).stdout
     assert "rack maintenance" in reasons and "gpuhc: RESET pcie" in reasons
+
+
+def test_epilog_suite_follows_the_job_exit_and_the_allowed_opt_out(site):
+    s = site(job_optout={"allowed": True})
+    ok = s.cluster.sbatch(JOB, nodelist="gpu-001")
+    failed = s.cluster.sbatch("#!/bin/sh\nexit 3\n", nodelist="gpu-002")
+    opted = s.cluster.sbatch("#!/bin/sh\nexit 3\n", nodelist="gpu-003", comment="gpuhc:skip-slow")
+    for job in (ok, failed, opted):
+        s.cluster.wait_job(job, timeout=90)
+
+    def epilog_suite(node, job):
+        return [r["suite"] for r in s.history(node) if r["context"] == "epilog" and r["job_id"] == str(job)]
+
+    assert epilog_suite("gpu-001", ok) == ["epilog"]
+    assert epilog_suite("gpu-002", failed) == ["epilog_failure"]
+    assert epilog_suite("gpu-003", opted) == ["epilog"]
+    assert all(not drained(s.state(n)[0]) for n in ("gpu-001", "gpu-002", "gpu-003"))

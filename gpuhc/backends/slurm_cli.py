@@ -141,6 +141,15 @@ class SlurmCli:
     def set_comment(self, name: str, comment: str) -> None:
         self.update_node(name, Comment=comment)
 
+    def job_comment(self, job_id: str) -> str:
+        """The job's --comment ('' when none)."""
+        out = self._run(["scontrol", "show", "job", "--oneliner", str(job_id)])
+        comment = out.split(" Comment=", 1)[1] if " Comment=" in out else ""
+        # the comment runs to the next 'Key=' field
+        for key in (" StdErr=", " StdIn=", " StdOut=", " Power=", " MailUser=", " TresPerNode="):
+            comment = comment.split(key, 1)[0]
+        return comment.strip() if comment.strip() != "(null)" else ""
+
     def features(self, name: str) -> List[str]:
         view = self.node(name)
         return view.features if view else []
