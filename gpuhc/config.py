@@ -16,8 +16,22 @@ DEFAULT_PATH = "/etc/gpuhc/config.yaml"
 
 LIGHTWEIGHT = ["gpu_count", "xid", "ecc", "memory_remap", "pcie", "nvlink", "clocks",
                "thermal_power", "gpu_config", "fabric", "processes", "network"]
-# after a clean job: what the job may have left behind (new Xids, ECC, remaps, processes)
-EPILOG_QUICK = ["gpu_count", "xid", "ecc", "memory_remap", "processes"]
+# after a clean job: what the job may have left behind (new Xids, ECC, remaps, processes, links)
+EPILOG_QUICK = ["gpu_count", "xid", "ecc", "memory_remap", "processes", "network"]
+THRESHOLDS = {
+    "ecc_sram_uncorrected": 4,        # aggregate SRAM uncorrectable errors above which: ISOLATE (RMA)
+    "ecc_volatile_uncorrected": 0,    # uncorrectable errors since the last reset above which: RESET
+    "ecc_corrected_growth": 1000,     # corrected errors between two runs worth a MONITOR finding
+    "retired_pages": 60,              # pre-Ampere: retired pages at which the table is nearly full (64)
+    "pcie_replay_growth": 100,        # PCIe replays between two runs worth a MONITOR finding
+    "pcie_loaded_utilization": 50,    # % GPU busy above which a lower link generation is not power saving
+    "nvlink_replay_growth": 1000,     # NVLink counter growth between two runs worth a MONITOR finding
+    "nvlink_recovery_growth": 1,
+    "nvlink_crc_flit_growth": 1000,
+    "nvlink_crc_data_growth": 100,
+    "temperature_margin_c": 5,        # MONITOR within this many degrees of the slowdown threshold
+    "power_limit_ratio": 0.95,        # MONITOR when the enforced power limit is below this share of default
+}
 # checks that load the GPUs for minutes: never in the prolog, epilog or lightweight suites
 INTENSIVE = ["dcgm"]
 
@@ -69,6 +83,8 @@ def defaults() -> Dict[str, Any]:
         },
         "history": {"max_records": 1000, "max_age_days": 90},
         "status": {"stale_after": 86400},
+        # limits the checks apply (NVIDIA's guidance where it gives one)
+        "thresholds": dict(THRESHOLDS),
         # Slurm: backend "cli" (scontrol/sinfo) or "none"; dry_run records what would be drained
         "slurm": {"backend": "cli", "timeout": 5.0, "dry_run": False, "comment_monitor": True},
         # stop draining past this share of a partition (or the cluster) drained by gpuhc within window s
@@ -128,6 +144,7 @@ SCHEMA: Dict[str, Any] = {
     },
     "history": {"max_records": int, "max_age_days": NUM},
     "status": {"stale_after": NUM},
+    "thresholds": {k: NUM for k in THRESHOLDS},
     "slurm": {"backend": _Choice("cli", "none"), "timeout": NUM, "dry_run": bool, "comment_monitor": bool},
     "breaker": {"enabled": bool, "max_fraction": NUM, "max_nodes": (int, type(None)), "window": NUM},
     "resume": {"auto": bool, "passes": int, "suite_depth": _MapOf(int)},

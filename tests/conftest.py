@@ -23,9 +23,9 @@ def make_cfg(tmp_path):
 
 @pytest.fixture
 def run_scenario(make_cfg):
-    def run(name, context="check", checks=(), suite=None, **over):
+    def run(name, context="check", checks=(), suite=None, node="gpu-001", **over):
         cfg = make_cfg(**over)
-        report, detection, ctx = session.run(cfg, context, suite=suite, checks=checks, node="gpu-001", simulate=name)
+        report, detection, ctx = session.run(cfg, context, suite=suite, checks=checks, node=node, simulate=name)
         return report
     return run
 

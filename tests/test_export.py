@@ -21,7 +21,7 @@ def stored(run_scenario, make_cfg):
     reports = {}
     for node, scenario in (("gpu-001", "h100-healthy"), ("gpu-002", "h100-xid79"), ("gpu-003", "h100-pcie-x8"),
                            ("gpu-004", "h100-thermal-slowdown")):
-        rep = copy.deepcopy(run_scenario(scenario, context="epilog", checks=STABLE_CHECKS))
+        rep = copy.deepcopy(run_scenario(scenario, context="epilog", checks=STABLE_CHECKS, node=node))
         rep.node = node
         store.record(rep)
         reports[node] = Store.from_config(cfg).latest(node)

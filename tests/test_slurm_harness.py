@@ -128,7 +128,8 @@ def test_failing_prolog_drains_with_its_reason_and_job_finishes_elsewhere(slurm)
     assert env["GPUHC_CONFIG"] == slurm.gpuhc_config
     assert env["SLURM_CONF"] == slurm.conf
     assert env["SLURMD_NODENAME"] == bad and env["SLURM_JOB_ID"] == str(job)
-    assert env["PATH"].startswith(os.path.dirname(sys.executable) + ":")
+    # the source-tree shim first, then this interpreter's bin directory
+    assert env["PATH"].startswith(os.path.join(slurm.workdir, "bin") + ":" + os.path.dirname(sys.executable) + ":")
 
 
 def test_admin_drain_shows_its_reason_and_takes_no_jobs(slurm):

@@ -22,7 +22,7 @@ HEALTHY = ["gpu-%03d" % i for i in list(range(1, 13)) + [15]] + ["dgx-a01", "dgx
 @pytest.fixture
 def fleet(run_scenario, make_cfg, tmp_path):
     """A store of 21 nodes built from real reports; returns (cfg, reports by node)."""
-    base = {name: run_scenario(name, context="prolog", checks=STABLE_CHECKS)
+    base = {name: run_scenario(name, context="prolog", checks=STABLE_CHECKS, node=name)
             for name in ("h100-healthy", "h100-xid79", "h100-pcie-x8", "h100-thermal-slowdown")}
     now = time.time()
     plan = [(n, "h100-healthy", None) for n in HEALTHY] + [

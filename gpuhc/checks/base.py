@@ -168,3 +168,11 @@ def delta(now: Optional[float], before: Optional[float]) -> Optional[float]:
     if now is None or before is None:
         return None
     return now - before if now >= before else now
+
+
+def threshold(config: Optional[Dict[str, Any]], name: str) -> float:
+    """A limit from config's ``thresholds`` (defaults when a caller passes no config)."""
+    from ..config import THRESHOLDS
+
+    values = (config or {}).get("thresholds") or {}
+    return values.get(name, THRESHOLDS[name])

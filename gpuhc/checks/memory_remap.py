@@ -4,11 +4,10 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ..model import Finding, GpuRef, Severity
-from .base import Context, gpu_findings, per_gpu
+from .base import Context, gpu_findings, per_gpu, threshold
 
 NAME = "memory_remap"
 NEEDS_GPU = True
-RETIRED_PAGES_LIMIT = 60     # the retirement table holds 64 pages; near full means replace
 
 
 def gather(ctx: Context) -> Dict[str, Any]:
@@ -17,7 +16,7 @@ def gather(ctx: Context) -> Dict[str, Any]:
     return {"gpus": per_gpu(ctx, both)}
 
 
-def _one(gpu: GpuRef, v: Dict[str, Any]) -> List[Finding]:
+def _one(gpu: GpuRef, v: Dict[str, Any], config) -> List[Finding]:
     out = []
     rows = v.get("rows") or {}
     pages = v.get("pages") or {}
@@ -38,7 +37,7 @@ def _one(gpu: GpuRef, v: Dict[str, Any]) -> List[Finding]:
                            gpu=gpu, metrics=metrics, remediation="drain and reset the GPU to apply the remap"))
     if rows.get("pending") is None and rows.get("failure") is None:
         retired = (pages.get("single_bit") or 0) + (pages.get("double_bit") or 0)
-        if retired >= RETIRED_PAGES_LIMIT:
+        if retired >= threshold(config, "retired_pages"):
             out.append(Finding(NAME, Severity.ISOLATE, "%d retired pages: the retirement table is nearly full" % retired,
                                gpu=gpu, metrics=metrics, remediation="replace the GPU"))
         elif pages.get("pending"):
@@ -53,4 +52,4 @@ def _one(gpu: GpuRef, v: Dict[str, Any]) -> List[Finding]:
 
 
 def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
-    return gpu_findings(NAME, data["gpus"], _one)
+    return gpu_findings(NAME, data["gpus"], lambda gpu, v: _one(gpu, v, config))

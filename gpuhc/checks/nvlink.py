@@ -4,13 +4,11 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ..model import Finding, GpuRef, Severity
-from .base import Context, by_uuid, delta, gpu_findings, per_gpu
+from .base import Context, by_uuid, delta, gpu_findings, per_gpu, threshold
 
 NAME = "nvlink"
 NEEDS_GPU = True
 COUNTERS = ("replay", "recovery", "crc_flit", "crc_data")
-# growth of a link's counter between two runs that is worth a MONITOR finding
-DELTA_LIMITS = {"recovery": 1, "replay": 1000, "crc_flit": 1000, "crc_data": 100}
 
 
 def _counters(links: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
@@ -22,13 +20,14 @@ def gather(ctx: Context) -> Dict[str, Any]:
     return {"gpus": entries, "previous": ctx.previous_state(NAME), "_state": by_uuid(entries, _counters)}
 
 
-def _growth(gpu: GpuRef, links: List[Dict[str, Any]], previous: Dict[str, Any]) -> List[Finding]:
+def _growth(gpu: GpuRef, links: List[Dict[str, Any]], previous: Dict[str, Any], config) -> List[Finding]:
     before = previous.get(gpu.uuid) or {}
     out = []
     for link in links:
         old = before.get(str(link["link"])) or {}
         grown = {c: delta(link.get(c), old.get(c)) for c in COUNTERS}
-        over = ["%s +%d" % (c, d) for c, d in grown.items() if d is not None and d >= DELTA_LIMITS[c]]
+        over = ["%s +%d" % (c, d) for c, d in grown.items()
+                if d is not None and d >= threshold(config, "nvlink_%s_growth" % c)]
         if over:
             out.append(Finding(NAME, Severity.MONITOR, "NVLink %d errors since the last run: %s" % (link["link"], ", ".join(over)),
                                gpu=gpu, metrics={"link": link["link"], **{c + "_delta": d for c, d in grown.items() if d}},
@@ -36,8 +35,8 @@ def _growth(gpu: GpuRef, links: List[Dict[str, Any]], previous: Dict[str, Any]) 
     return out
 
 
-def _one(gpu: GpuRef, links: List[Dict[str, Any]], profile, previous: Dict[str, Any]) -> List[Finding]:
-    found, grown = _state_of_links(gpu, links, profile), _growth(gpu, links, previous)
+def _one(gpu: GpuRef, links: List[Dict[str, Any]], profile, config, previous: Dict[str, Any]) -> List[Finding]:
+    found, grown = _state_of_links(gpu, links, profile), _growth(gpu, links, previous, config)
     if grown and all(f.severity is Severity.PASS for f in found):
         return grown
     return found + grown
@@ -67,4 +66,4 @@ def _state_of_links(gpu: GpuRef, links: List[Dict[str, Any]], profile) -> List[F
 
 def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
     previous = data.get("previous") or {}
-    return gpu_findings(NAME, data["gpus"], lambda gpu, v: _one(gpu, v, profile, previous))
+    return gpu_findings(NAME, data["gpus"], lambda gpu, v: _one(gpu, v, profile, config, previous))

@@ -4,12 +4,10 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ..model import Finding, GpuRef, Severity
-from .base import Context, by_uuid, delta, gpu_findings, per_gpu
+from .base import Context, by_uuid, delta, gpu_findings, per_gpu, threshold
 
 NAME = "pcie"
 NEEDS_GPU = True
-LOADED_UTILIZATION = 50      # % GPU utilisation above which a lower link generation is not power saving
-REPLAY_GROWTH = 100          # PCIe replays between two runs worth a MONITOR finding
 
 
 def gather(ctx: Context) -> Dict[str, Any]:
@@ -22,7 +20,7 @@ def gather(ctx: Context) -> Dict[str, Any]:
             "_state": by_uuid(entries, lambda link: link.get("replay_counter"))}
 
 
-def _one(gpu: GpuRef, link: Dict[str, Any], profile, previous: Dict[str, Any]) -> List[Finding]:
+def _one(gpu: GpuRef, link: Dict[str, Any], profile, config, previous: Dict[str, Any]) -> List[Finding]:
     out = []
     width, width_max = link.get("width_current"), link.get("width_max")
     gen, gen_max = link.get("gen_current"), link.get("gen_max")
@@ -31,7 +29,7 @@ def _one(gpu: GpuRef, link: Dict[str, Any], profile, previous: Dict[str, Any]) -
     if width is not None and expected_width and width < expected_width:
         out.append(Finding(NAME, Severity.RESET, "PCIe link x%d, expected x%d" % (width, expected_width), gpu=gpu,
                            metrics=metrics, remediation="drain and reset the GPU; if the link stays degraded, reseat the GPU or riser"))
-    busy = (link.get("utilization") or 0) >= LOADED_UTILIZATION
+    busy = (link.get("utilization") or 0) >= threshold(config, "pcie_loaded_utilization")
     if gen is not None and gen_max and gen < gen_max and busy:
         out.append(Finding(NAME, Severity.RESET, "PCIe gen%d under load, link supports gen%d" % (gen, gen_max), gpu=gpu,
                            metrics=metrics, remediation="drain and reset the GPU; check the slot and BIOS link settings"))
@@ -42,7 +40,7 @@ def _one(gpu: GpuRef, link: Dict[str, Any], profile, previous: Dict[str, Any]) -
     grown = delta(link.get("replay_counter"), previous.get(gpu.uuid))
     if grown is not None:
         metrics["replay_delta"] = grown
-        if grown >= REPLAY_GROWTH:
+        if grown >= threshold(config, "pcie_replay_growth"):
             out.append(Finding(NAME, Severity.MONITOR, "%d PCIe replays since the last run" % grown, gpu=gpu, metrics=metrics,
                                remediation="a marginal link: watch it; reseat the GPU or riser if it keeps growing"))
     if not out:
@@ -52,4 +50,4 @@ def _one(gpu: GpuRef, link: Dict[str, Any], profile, previous: Dict[str, Any]) -
 
 def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
     previous = data.get("previous") or {}
-    return gpu_findings(NAME, data["gpus"], lambda gpu, v: _one(gpu, v, profile, previous))
+    return gpu_findings(NAME, data["gpus"], lambda gpu, v: _one(gpu, v, profile, config, previous))

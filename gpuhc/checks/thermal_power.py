@@ -4,12 +4,10 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ..model import Finding, GpuRef, Severity
-from .base import Context, gpu_findings, per_gpu
+from .base import Context, gpu_findings, per_gpu, threshold
 
 NAME = "thermal_power"
 NEEDS_GPU = True
-MARGIN_C = 5          # MONITOR within this many degrees of the slowdown threshold
-POWER_CAP_RATIO = 0.95
 
 
 def gather(ctx: Context) -> Dict[str, Any]:
@@ -18,8 +16,9 @@ def gather(ctx: Context) -> Dict[str, Any]:
     return {"gpus": per_gpu(ctx, both)}
 
 
-def _one(gpu: GpuRef, v: Dict[str, Any]) -> List[Finding]:
+def _one(gpu: GpuRef, v: Dict[str, Any], config) -> List[Finding]:
     out = []
+    margin = threshold(config, "temperature_margin_c")
     t = v.get("temperature") or {}
     p = v.get("power") or {}
     temp, slow, shut = t.get("gpu"), t.get("slowdown"), t.get("shutdown")
@@ -32,12 +31,12 @@ def _one(gpu: GpuRef, v: Dict[str, Any]) -> List[Finding]:
     elif temp is not None and slow and temp >= slow:
         out.append(Finding(NAME, Severity.RESET, "%d C, at or above the slowdown threshold %d C" % (temp, slow), gpu=gpu,
                            metrics=metrics, remediation="check cooling; the GPU throttles at this temperature"))
-    elif temp is not None and slow and temp >= slow - MARGIN_C:
-        out.append(Finding(NAME, Severity.MONITOR, "%d C, within %d C of slowdown (%d C)" % (temp, MARGIN_C, slow),
+    elif temp is not None and slow and temp >= slow - margin:
+        out.append(Finding(NAME, Severity.MONITOR, "%d C, within %g C of slowdown (%d C)" % (temp, margin, slow),
                            gpu=gpu, metrics=metrics))
     limit = p.get("enforced_limit_w") or p.get("limit_w")
     default = p.get("default_limit_w")
-    if limit and default and limit < default * POWER_CAP_RATIO:
+    if limit and default and limit < default * threshold(config, "power_limit_ratio"):
         out.append(Finding(NAME, Severity.MONITOR, "power limit %.0f W below the default %.0f W" % (limit, default),
                            gpu=gpu, metrics=metrics, remediation="restore it: nvidia-smi -i %d -pl %.0f" % (gpu.index, default)))
     if not out:
@@ -46,4 +45,4 @@ def _one(gpu: GpuRef, v: Dict[str, Any]) -> List[Finding]:
 
 
 def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
-    return gpu_findings(NAME, data["gpus"], _one)
+    return gpu_findings(NAME, data["gpus"], lambda gpu, v: _one(gpu, v, config))
