@@ -102,6 +102,38 @@ def _act(slurm: SlurmCli, node: str, action: policy.Action) -> policy.Action:
     return action
 
 
+def kill_leftovers(ctx: Any) -> List[Any]:
+    """The epilog's optional clean-up: SIGKILL the compute processes still on the GPUs after the
+    job. A finding says what was killed; a simulated node's processes are only reported."""
+    import signal
+
+    from .backends.gpu import GpuError
+    from .model import Finding
+
+    if ctx.gpu_unavailable() or ctx.gpu.kind == "sim":
+        return []
+    out = []
+    for ref in ctx.healthy_gpus():
+        try:
+            procs = ctx.gpu.processes(ref.index)
+        except GpuError:
+            continue
+        killed = []
+        for proc in procs:
+            pid = int(proc.get("pid") or 0)
+            if pid <= 1 or pid == os.getpid():
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(str(pid))
+            except OSError:
+                pass
+        if killed:
+            out.append(Finding("processes", Severity.MONITOR, "killed %d leftover process(es): pid %s"
+                               % (len(killed), ",".join(killed)), gpu=ref))
+    return out
+
+
 def decide_and_act(cfg: Dict[str, Any], report: Report, slurm: Optional[SlurmCli]) -> policy.Action:
     overall = report.overall
     if overall is Severity.PASS or overall is Severity.ERROR:
@@ -148,6 +180,8 @@ def run_context(cfg: Dict[str, Any], context: str, node: Optional[str] = None, s
     suite = suite_for(cfg, context, env, slurm)
     report, _, ctx = session.run(cfg, context, suite=suite, node=node, simulate=simulate,
                                  job_id=env.get("SLURM_JOB_ID"))
+    if context == EPILOG and cfg["epilog"]["kill_leftover_processes"]:
+        report.findings.extend(kill_leftovers(ctx))
     action = decide_and_act(cfg, report, slurm)
     if action.kind != policy.NONE:
         report.action = action.kind

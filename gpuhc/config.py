@@ -93,8 +93,9 @@ def defaults() -> Dict[str, Any]:
         "resume": {"auto": True, "passes": 3,
                    "suite_depth": {"prolog": 1, "epilog": 1, "healthcheck": 1, "lightweight": 1, "check": 1,
                                    "custom": 0, "intensive": 2, "quarantine": 2}},
-        # epilog: the suite for a job that failed (non-zero exit or signal)
-        "epilog": {"failure_suite": "epilog_failure"},
+        # epilog: the suite for a job that failed (non-zero exit or signal); whether to kill the
+        # compute processes a job left on the GPUs (SIGKILL; never on a simulated node)
+        "epilog": {"failure_suite": "epilog_failure", "kill_leftover_processes": False},
         # per-job opt-out of the slow parts (the failure suite): a job whose --comment holds the
         # token gets the quick epilog suite; only where the operator allows it
         "job_optout": {"allowed": False, "token": "gpuhc:skip-slow"},
@@ -148,7 +149,7 @@ SCHEMA: Dict[str, Any] = {
     "slurm": {"backend": _Choice("cli", "none"), "timeout": NUM, "dry_run": bool, "comment_monitor": bool},
     "breaker": {"enabled": bool, "max_fraction": NUM, "max_nodes": (int, type(None)), "window": NUM},
     "resume": {"auto": bool, "passes": int, "suite_depth": _MapOf(int)},
-    "epilog": {"failure_suite": str},
+    "epilog": {"failure_suite": str, "kill_leftover_processes": bool},
     "job_optout": {"allowed": bool, "token": str},
 }
 

@@ -105,3 +105,33 @@ def test_driver_missing_maps_by_profile_expectation(run_scenario, tmp_path):
     assert r.overall is Severity.REBOOT and "expects 8 GPUs" in r.findings[0].message
     r = run_scenario(str(sc))
     assert r.overall is Severity.ERROR and r.exit_code == 3
+
+
+def test_epilog_kills_leftover_gpu_processes_when_configured(make_cfg, monkeypatch):
+    """A real process standing in for a job's leftover: the epilog kills it only when asked to."""
+    import subprocess
+    from gpuhc import actions, session
+
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        real_open = session.open_backends
+
+        def with_leftover(cfg, node, simulate=None):
+            gpu, host = real_open(cfg, node, simulate)
+            gpu.kind = "nvml-like"            # treated as real hardware: kill is allowed
+            gpu._gpus[2]["processes"] = [{"pid": victim.pid, "used_memory_mib": 1024, "name": "sleep"}]
+            return gpu, host
+
+        monkeypatch.setattr(session, "open_backends", with_leftover)
+        cfg = make_cfg(simulate="h100-healthy", slurm={"backend": "none"})
+        out = actions.run_context(cfg, "epilog", node="gpu-001", env={"SLURM_JOB_ID": "5"})
+        assert victim.poll() is None                      # not configured: reported only
+        assert any(f.check == "processes" and "leftover" in f.message for f in out.report.findings)
+        cfg = make_cfg(simulate="h100-healthy", slurm={"backend": "none"}, epilog={"kill_leftover_processes": True})
+        out = actions.run_context(cfg, "epilog", node="gpu-001", env={"SLURM_JOB_ID": "6"})
+        assert victim.wait(timeout=5) == -9
+        killed = [f for f in out.report.findings if "killed 1 leftover" in f.message]
+        assert killed and killed[0].gpu.index == 2
+    finally:
+        if victim.poll() is None:
+            victim.kill()
