@@ -240,6 +240,13 @@ def test_status_against_the_cluster(site):
     assert per_node["gpu-004"]["health"] == "drained-admin"
     reasons = s.gpuhc("status", "-R", check=True).stdout
     assert "rack maintenance" in reasons and "gpuhc: RESET pcie" in reasons
+    # filters and formats, with Slurm's view merged in
+    drained_only = s.gpuhc("status", "-N", "-t", "drained,drained-admin", "--noheader", "-o", "%N %t %T", check=True)
+    rows = [line.split() for line in drained_only.stdout.splitlines()]
+    assert [r[:2] for r in rows] == [["gpu-002", "drained"], ["gpu-004", "drained-admin"]], rows
+    assert all("DRAIN" in r[2].upper() for r in rows), rows
+    picked = s.gpuhc("status", "-N", "-p", "gpu", "-n", "gpu-00[1-2]", "--noheader", "-o", "%N %P", check=True)
+    assert [line.split() for line in picked.stdout.splitlines()] == [["gpu-001", "gpu"], ["gpu-002", "gpu"]]
 
 
 def test_epilog_suite_follows_the_job_exit_and_the_allowed_opt_out(site):
