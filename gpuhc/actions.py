@@ -24,9 +24,11 @@ def log(line: str) -> None:
 
 
 def slurm_backend(cfg: Dict[str, Any]) -> Optional[SlurmCli]:
+    """The Slurm backend, or None where it is turned off or Slurm is not configured on this host."""
     if cfg["slurm"]["backend"] == "none":
         return None
-    return SlurmCli(timeout=float(cfg["slurm"]["timeout"]))
+    slurm = SlurmCli(timeout=float(cfg["slurm"]["timeout"]))
+    return slurm if slurm.available() else None
 
 
 def open_store(cfg: Dict[str, Any]):
@@ -231,7 +233,7 @@ def slurm_view(cfg: Dict[str, Any]) -> Optional[Dict[str, Dict[str, Any]]]:
     """Slurm's view of every node for `gpuhc status`; None without Slurm (status then reads the
     store alone)."""
     slurm = slurm_backend(cfg)
-    if slurm is None or not slurm.available():
+    if slurm is None:
         return None
     try:
         nodes = slurm.nodes()
@@ -246,7 +248,7 @@ def resume_nodes(cfg: Dict[str, Any], nodes: Sequence[str], force: bool) -> List
     """`gpuhc resume`: (node, result, why) per node. Never touches a reason that is not gpuhc's."""
     slurm = slurm_backend(cfg)
     if slurm is None:
-        return [(n, "error", "Slurm backend disabled (slurm.backend: none)") for n in nodes]
+        return [(n, "error", "no Slurm here (slurm.backend: none, or no slurm.conf)") for n in nodes]
     try:
         views = slurm.nodes(nodes)
     except SlurmError as exc:
