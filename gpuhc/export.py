@@ -13,6 +13,7 @@ Families (gauges; one sample per node unless said):
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -31,13 +32,16 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+@functools.lru_cache(maxsize=4096)
 def _name(*parts: str) -> str:
     name = "_".join(_BAD.sub("_", p).strip("_") for p in parts if p)
     return name if not name[:1].isdigit() else "_" + name
 
 
 def _number(value: object) -> str:
-    x = float(value)      # bool and int too
+    if type(value) is int:
+        return str(value)
+    x = float(value)      # bool and float
     if math.isnan(x):
         return "NaN"
     if math.isinf(x):
@@ -46,22 +50,24 @@ def _number(value: object) -> str:
 
 
 class _Families:
-    """Families in order of first use; a sample's labels are kept as their rendered text."""
+    """Families in order of first use, each a list of rendered samples (the text format wants a
+    family's samples together, so they are gathered before anything is written)."""
 
     def __init__(self) -> None:
-        self.families: "OrderedDict[str, Tuple[str, Dict[str, object]]]" = OrderedDict()
+        self.families: "OrderedDict[str, Tuple[str, List[str]]]" = OrderedDict()
 
-    def add(self, name: str, help_text: str, labels: str, value: object, replace: bool = True) -> None:
-        samples = self.families.setdefault(name, (help_text, {}))[1]
-        if replace or labels not in samples:
-            samples[labels] = value
+    def add(self, name: str, help_text: str, labels: str, value: object) -> None:
+        family = self.families.get(name)
+        if family is None:
+            family = self.families[name] = (help_text, [])
+        family[1].append("%s{%s} %s" % (name, labels, _number(value)))
 
     def text(self) -> str:
         out: List[str] = []
         for name, (help_text, samples) in self.families.items():
             out.append("# HELP %s %s" % (name, help_text.replace("\\", "\\\\").replace("\n", "\\n")))
             out.append("# TYPE %s gauge" % name)
-            out.extend("%s{%s} %s" % (name, labels, _number(value)) for labels, value in samples.items())
+            out.extend(samples)
         return "\n".join(out) + "\n" if out else ""
 
 
@@ -75,39 +81,46 @@ def _check_severity(findings: List[Finding]) -> Severity:
     return overall_severity(findings)
 
 
+SEVERITY_FAMILY_HELP = "Worst finding of each check in the node's newest report: " + SEVERITY_HELP
+
+
+def _add_report(fam: _Families, node: str, report: Report) -> None:
+    n = _label("node", node)
+    fam.add("gpuhc_node_severity", "Overall result of the node's newest check: " + SEVERITY_HELP,
+            n, report.overall.rank)
+    fam.add("gpuhc_last_check_timestamp_seconds", "Start of the node's newest check (Unix time)",
+            n + "," + _label("context", report.context), report.started)
+    fam.add("gpuhc_last_check_duration_seconds", "Wall time of the node's newest check",
+            n, round(max(0.0, report.ended - report.started), 3))
+    by_check: "OrderedDict[str, List[Finding]]" = OrderedDict()
+    counts = {sev: 0 for sev in Severity}
+    for f in report.findings:
+        by_check.setdefault(f.check, []).append(f)
+        counts[f.severity] += 1
+    for check, findings in by_check.items():
+        fam.add("gpuhc_check_severity", SEVERITY_FAMILY_HELP, n + "," + _label("check", check),
+                _check_severity(findings).rank)
+    for sev, count in counts.items():
+        fam.add("gpuhc_findings", "Findings in the node's newest report, by severity",
+                n + "," + _label("severity", sev.value), count)
+    seen = set()                               # (family, labels): the most severe finding's value wins
+    for f in report.top_findings():
+        if not f.metrics:
+            continue
+        labels = "%s,%s,%s" % (n, _label("gpu", str(f.gpu.index) if f.gpu else ""), _label("device", f.device or ""))
+        for metric, value in sorted(f.metrics.items()):
+            if isinstance(value, (int, float)):
+                name = _name("gpuhc_metric", f.check, metric)
+                if (name, labels) not in seen:
+                    seen.add((name, labels))
+                    fam.add(name, "Metric %r carried by the findings of check %r, newest report" % (metric, f.check),
+                            labels, value)
+
+
 def prometheus_text(reports: Dict[str, Report]) -> str:
     fam = _Families()
-    severity_help = "Worst finding of each check in the node's newest report: " + SEVERITY_HELP
     for node in sorted(reports):
-        report = reports[node]
-        n = _label("node", node)
-        fam.add("gpuhc_node_severity", "Overall result of the node's newest check: " + SEVERITY_HELP,
-                n, report.overall.rank)
-        fam.add("gpuhc_last_check_timestamp_seconds", "Start of the node's newest check (Unix time)",
-                n + "," + _label("context", report.context), report.started)
-        fam.add("gpuhc_last_check_duration_seconds", "Wall time of the node's newest check",
-                n, round(max(0.0, report.ended - report.started), 3))
-        by_check: "OrderedDict[str, List[Finding]]" = OrderedDict()
-        for f in report.findings:
-            by_check.setdefault(f.check, []).append(f)
-        for check, findings in by_check.items():
-            fam.add("gpuhc_check_severity", severity_help, n + "," + _label("check", check),
-                    _check_severity(findings).rank)
-        counts = {sev: 0 for sev in Severity}
-        for f in report.findings:
-            counts[f.severity] += 1
-        for sev, count in counts.items():
-            fam.add("gpuhc_findings", "Findings in the node's newest report, by severity",
-                    n + "," + _label("severity", sev.value), count)
-        for f in report.top_findings():       # most severe first: its value wins a shared label set
-            if not f.metrics:
-                continue
-            labels = "%s,%s,%s" % (n, _label("gpu", str(f.gpu.index) if f.gpu else ""), _label("device", f.device or ""))
-            for metric, value in sorted(f.metrics.items()):
-                if isinstance(value, (int, float)):
-                    fam.add(_name("gpuhc_metric", f.check, metric),
-                            "Metric %r carried by the findings of check %r, newest report" % (metric, f.check),
-                            labels, value, replace=False)
+        _add_report(fam, node, reports[node])
     return fam.text()
 
 
@@ -115,7 +128,9 @@ def export_prometheus(cfg: Dict, output: Optional[str] = None, nodelist: Optiona
     """The textfile (of the nodes of ``nodelist``, else every node); written atomically to ``output``
     when given (then '' is returned)."""
     nodes = expand(nodelist, "--nodes") if nodelist else None
-    text = prometheus_text(Store.from_config(cfg).latest_all(nodes))
+    fam = _Families()
+    Store.from_config(cfg).latest_all(nodes, each=lambda node, report: _add_report(fam, node, report))
+    text = fam.text()
     if not output:
         return text
     try:

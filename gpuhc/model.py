@@ -39,15 +39,15 @@ class Severity(enum.Enum):
     @property
     def rank(self) -> int:
         """Order of the tiers; SKIP and ERROR rank below PASS."""
-        return _RANK[self]
+        return self._rank      # type: ignore[attr-defined]  (set below: a dict lookup hashes the enum)
 
     @property
     def is_tier(self) -> bool:
-        return self not in (Severity.SKIP, Severity.ERROR)
+        return self._rank >= 0  # type: ignore[attr-defined]
 
     @property
     def unhealthy(self) -> bool:
-        return self.is_tier and self.rank >= Severity.RESET.rank
+        return self._rank >= 2  # type: ignore[attr-defined]  (RESET and worse)
 
     @classmethod
     def parse(cls, text: str) -> "Severity":
@@ -71,6 +71,9 @@ _RANK = {
     Severity.REBOOT: 3,
     Severity.ISOLATE: 4,
 }
+_BY_VALUE = {s.value: s for s in Severity}
+for _severity, _rank in _RANK.items():
+    _severity._rank = _rank   # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -112,15 +115,10 @@ class Finding:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Finding":
-        return cls(
-            check=d["check"],
-            severity=Severity.parse(d["severity"]),
-            message=d.get("message", ""),
-            gpu=GpuRef.from_dict(d.get("gpu")),
-            device=d.get("device"),
-            remediation=d.get("remediation", ""),
-            metrics=dict(d.get("metrics") or {}),
-        )
+        severity = _BY_VALUE.get(d["severity"]) or Severity.parse(d["severity"])
+        gpu = d.get("gpu")
+        return cls(d["check"], severity, d.get("message", ""), GpuRef.from_dict(gpu) if gpu is not None else None,
+                   d.get("device"), d.get("remediation", ""), dict(d.get("metrics") or {}))
 
     def where(self) -> str:
         """Short location: 'GPU3', a device name, or ''."""
