@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from . import config as C
 from . import policy, session
 from .backends.slurm_cli import NodeView, SlurmCli, SlurmError
 from .model import Report, Severity
@@ -23,24 +25,34 @@ def log(line: str) -> None:
     print("gpuhc: %s" % line, file=sys.stderr)
 
 
-def slurm_backend(cfg: Dict[str, Any]) -> Optional[SlurmCli]:
-    """The Slurm backend, or None where it is turned off or Slurm is not configured on this host."""
+def slurm_backend(cfg: Dict[str, Any], deadline: Optional[float] = None) -> Optional[SlurmCli]:
+    """The Slurm backend, or None where it is turned off or Slurm is not configured on this host.
+    With ``deadline`` (time.monotonic()), no Slurm command runs past it."""
     if cfg["slurm"]["backend"] == "none":
         return None
-    slurm = SlurmCli(timeout=float(cfg["slurm"]["timeout"]))
+    slurm = SlurmCli(timeout=float(cfg["slurm"]["timeout"]), deadline=deadline)
     return slurm if slurm.available() else None
 
 
-def open_store(cfg: Dict[str, Any]):
+def _left(deadline: Optional[float]) -> Optional[float]:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def open_store(cfg: Dict[str, Any], deadline: Optional[float] = None):
+    """The store; with ``deadline``, its reads give up when the run's budget is used up."""
     from .store import Store
 
-    return Store.from_config(cfg)
+    store = Store.from_config(cfg)
+    if deadline is not None:
+        store.read_timeout = min(store.read_timeout, max(0.1, deadline - time.monotonic()))
+    return store
 
 
-def record(cfg: Dict[str, Any], report: Report) -> None:
-    """Record in the store; a failure is a warning, never a change of outcome."""
+def record(cfg: Dict[str, Any], report: Report, deadline: Optional[float] = None) -> None:
+    """Record in the store within what is left of the budget (else the local spool takes it); a
+    failure is a warning, never a change of outcome."""
     try:
-        open_store(cfg).record(report)
+        open_store(cfg).record(report, timeout=_left(deadline))
     except Exception as exc:     # the store bounds its own time; this guards against the rest
         log("warning: result not recorded: %s" % exc)
 
@@ -136,11 +148,12 @@ def kill_leftovers(ctx: Any) -> List[Any]:
     return out
 
 
-def decide_and_act(cfg: Dict[str, Any], report: Report, slurm: Optional[SlurmCli]) -> policy.Action:
+def decide_and_act(cfg: Dict[str, Any], report: Report, slurm: Optional[SlurmCli],
+                   deadline: Optional[float] = None) -> policy.Action:
     overall = report.overall
     if overall is Severity.PASS or overall is Severity.ERROR:
         if report.context == HEALTHCHECK and overall is Severity.PASS:
-            return consider_resume(cfg, report.node, slurm, latest=report)
+            return healthy_again(cfg, report, slurm, deadline)
         return policy.decide(report, None, cfg)       # no Slurm call on the pass path
     if overall is Severity.MONITOR and not cfg["slurm"]["comment_monitor"]:
         return policy.Action(policy.NONE, why="monitor: comments disabled")
@@ -158,14 +171,28 @@ def decide_and_act(cfg: Dict[str, Any], report: Report, slurm: Optional[SlurmCli
     return action
 
 
+def healthy_again(cfg: Dict[str, Any], report: Report, slurm: Optional[SlurmCli],
+                  deadline: Optional[float] = None) -> policy.Action:
+    """A pass outside the prolog (healthcheck, sweep): the node comment gpuhc set for a MONITOR
+    finding goes, and a gpuhc drain may be resumed on enough evidence."""
+    view = _view(slurm, report.node)
+    if slurm is not None and view is not None and view.comment.startswith(policy.PREFIX + " MONITOR"):
+        _act(slurm, report.node, policy.Action(policy.COMMENT, "", "monitor finding gone"))
+    return consider_resume(cfg, report.node, slurm, latest=report, deadline=deadline, view=view)
+
+
 def consider_resume(cfg: Dict[str, Any], node: str, slurm: Optional[SlurmCli],
-                    latest: Optional[Report] = None) -> policy.Action:
+                    latest: Optional[Report] = None, deadline: Optional[float] = None,
+                    view: Optional[NodeView] = None) -> policy.Action:
     """Automatic resume of a gpuhc drain on enough evidence (healthcheck context, sweep)."""
-    view = _view(slurm, node)
+    view = view if view is not None else _view(slurm, node)
     if view is None or not view.drained or not view.owned_by_gpuhc:
         return policy.Action(policy.NONE, why="healthy")
-    store = open_store(cfg)
-    history = store.history(node)
+    try:
+        history = open_store(cfg, deadline).history(node)
+    except Exception as exc:
+        log("warning: history unreadable, no resume: %s" % exc)
+        return policy.Action(policy.NONE, why="history unreadable")
     if latest is not None:
         history = [latest] + [r for r in history if r.started < latest.started]
     drained_by = next((r for r in history if r.action == policy.DRAIN), None)
@@ -178,16 +205,17 @@ def consider_resume(cfg: Dict[str, Any], node: str, slurm: Optional[SlurmCli],
 def run_context(cfg: Dict[str, Any], context: str, node: Optional[str] = None, simulate: Optional[str] = None,
                 env: Optional[Dict[str, str]] = None) -> Outcome:
     env = dict(os.environ if env is None else env)
-    slurm = slurm_backend(cfg)
+    deadline = time.monotonic() + C.budget(cfg, context)     # checks, Slurm and the store together
+    slurm = slurm_backend(cfg, deadline)
     suite = suite_for(cfg, context, env, slurm)
     report, _, ctx = session.run(cfg, context, suite=suite, node=node, simulate=simulate,
                                  job_id=env.get("SLURM_JOB_ID"))
     if context == EPILOG and cfg["epilog"]["kill_leftover_processes"]:
         report.findings.extend(kill_leftovers(ctx))
-    action = decide_and_act(cfg, report, slurm)
+    action = decide_and_act(cfg, report, slurm, deadline)
     if action.kind != policy.NONE:
         report.action = action.kind
-    record(cfg, report)
+    record(cfg, report, deadline)
     lines = finding_lines(report, action)
     for line in lines:
         print(line)
@@ -240,7 +268,14 @@ def slurm_view(cfg: Dict[str, Any]) -> Optional[Dict[str, Dict[str, Any]]]:
     except SlurmError as exc:
         log("warning: showing the store alone: %s" % exc)
         return None
-    return {name: {"state": sorted(v.states), "reason": v.reason, "partitions": v.partitions}
+    reservations: Dict[str, str] = {}
+    if any(v.states & {"MAINTENANCE", "MAINT", "RESERVED"} for v in nodes.values()):
+        try:
+            reservations = slurm.reservations()      # quarantine runs in a reservation
+        except SlurmError as exc:
+            log("warning: reservations unreadable: %s" % exc)
+    return {name: {"state": sorted(v.states), "reason": v.reason, "partitions": v.partitions,
+                   "reservation": reservations.get(name, "")}
             for name, v in nodes.items()}
 
 
@@ -270,7 +305,7 @@ def resume_nodes(cfg: Dict[str, Any], nodes: Sequence[str], force: bool) -> List
         else:
             history = store.history(node)
             drained_by = next((r for r in history if r.action == policy.DRAIN), None)
-            action = policy.may_resume(view, history, cfg, drained_by)
+            action = policy.may_resume(view, history, cfg, drained_by, manual=True)
             if action.kind == policy.RESUME:
                 action = _act(slurm, node, action)
             out.append((node, "resumed" if action.kind == policy.RESUME else "kept", action.why))

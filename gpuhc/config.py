@@ -80,6 +80,9 @@ def defaults() -> Dict[str, Any]:
             "command": 10.0,
             "store": 2.0,
             "store_read": 30.0,
+            # of each context's budget, the seconds kept back from the checks for acting on the
+            # result (Slurm queries and updates, the store write): the budget bounds the whole run
+            "act": 3.0,
         },
         "history": {"max_records": 1000, "max_age_days": 90},
         "status": {"stale_after": 86400},
@@ -142,6 +145,7 @@ SCHEMA: Dict[str, Any] = {
         "command": NUM,
         "store": NUM,
         "store_read": NUM,
+        "act": NUM,
     },
     "history": {"max_records": int, "max_age_days": NUM},
     "status": {"stale_after": NUM},
@@ -262,5 +266,12 @@ def check_timeout(cfg: Dict[str, Any], check: str) -> float:
 
 
 def budget(cfg: Dict[str, Any], context: str) -> float:
+    """The whole run's time in this context: checks, Slurm and the store together."""
     budgets = cfg["timeouts"]["budget"]
     return float(budgets.get(context, budgets.get("check", 60.0)))
+
+
+def checks_budget(cfg: Dict[str, Any], context: str) -> float:
+    """What the checks get of the context's budget: all but ``timeouts.act`` (at most half)."""
+    total = budget(cfg, context)
+    return total - min(float(cfg["timeouts"]["act"]), total / 2)

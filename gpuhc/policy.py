@@ -25,10 +25,12 @@ from .model import Finding, Report, Severity
 
 PREFIX = "gpuhc:"
 REASON_MAX = 200
-# States in which acting on a node is wrong (Slurm's words, upper case).
-HANDS_OFF = {"BOOT", "REBOOT", "REBOOT_REQUESTED", "REBOOT_ISSUED", "MAINT", "FUTURE", "DOWN",
-             "NOT_RESPONDING", "NO_RESPOND", "POWERED_DOWN", "POWERING_DOWN", "POWERING_UP", "POWER_DOWN",
-             "RESERVED_MAINT"}
+# States in which acting on a node is wrong (Slurm's words, upper case: base states and the flags
+# of sinfo --json; a MAINT reservation shows as the flag MAINTENANCE, `scontrol update state=fail`
+# as the flag FAIL without DRAIN, both seen on 22.05).
+HANDS_OFF = {"BOOT", "REBOOT", "REBOOT_REQUESTED", "REBOOT_ISSUED", "MAINT", "MAINTENANCE", "FUTURE",
+             "DOWN", "FAIL", "FAILING", "UNKNOWN", "NOT_RESPONDING", "NO_RESPOND", "POWERED_DOWN",
+             "POWERING_DOWN", "POWERING_UP", "POWER_DOWN", "RESERVED_MAINT", "PLANNED", "INVALID_REG"}
 
 NONE, DRAIN, WOULD_DRAIN, COMMENT, RESUME, SKIP = "none", "drain", "would-drain", "comment", "resume", "skip"
 HELD = "held"       # already drained by gpuhc for at least this severity: the reason is kept
@@ -173,22 +175,32 @@ def suite_depth(cfg: Dict[str, Any], suite: Optional[str]) -> int:
 
 
 def may_resume(view: Optional[NodeView], history: Sequence[Report], cfg: Dict[str, Any],
-               drained_by: Optional[Report] = None) -> Action:
-    """Automatic resume of a node gpuhc drained, from its recent history (newest first).
+               drained_by: Optional[Report] = None, manual: bool = False) -> Action:
+    """Resume of a node gpuhc drained, on the evidence of its recent history (newest first):
+    automatic (healthcheck, sweep), or ``manual`` (`gpuhc resume` without --force, which asks for
+    the same evidence whether or not automatic resume is on).
 
     Needs ``resume.passes`` consecutive healthy reports (PASS or MONITOR) of a suite at least
     as deep as the one that drained, newer than the drain; after a REBOOT drain they must come
-    from a new boot; an ISOLATE drain is never resumed automatically.
+    from a new boot; an ISOLATE drain is never resumed on evidence. Without the drain's own
+    record (compacted away, or drained elsewhere) the evidence cannot be weighed: no resume.
+    A node in a state gpuhc keeps its hands off (reboot requested, maintenance, down, ...) is
+    not resumed either.
     """
     if view is None or not view.drained or not view.owned_by_gpuhc:
         return Action(NONE, why="not drained by gpuhc")
-    if not cfg["resume"]["auto"]:
+    if not manual and not cfg["resume"]["auto"]:
         return Action(NONE, why="automatic resume disabled")
+    bad = sorted(view.states & HANDS_OFF)
+    if bad:
+        return Action(NONE, why="node is %s" % ",".join(bad).lower())
     severity = reason_severity(view.reason)
     if severity is Severity.ISOLATE:
-        return Action(NONE, why="ISOLATE drains are resumed only by an operator")
+        return Action(NONE, why="ISOLATE drains are resumed only by an operator (--force)")
+    if drained_by is None:
+        return Action(NONE, why="no record of the drain in the store: resume by hand (--force)")
     need = int(cfg["resume"]["passes"])
-    depth = suite_depth(cfg, drained_by.suite) if drained_by else 1
+    depth = suite_depth(cfg, drained_by.suite)
     passes: List[Report] = []
     for rep in history:
         if drained_by is not None and rep.started <= drained_by.started:
@@ -199,7 +211,7 @@ def may_resume(view: Optional[NodeView], history: Sequence[Report], cfg: Dict[st
             continue
         if suite_depth(cfg, rep.suite) < depth:
             continue
-        if severity is Severity.REBOOT and drained_by is not None and rep.boot_id == drained_by.boot_id:
+        if severity is Severity.REBOOT and rep.boot_id == drained_by.boot_id:
             continue
         passes.append(rep)
         if len(passes) >= need:

@@ -104,7 +104,7 @@ def run(cfg: Dict[str, Any], context: str, suite: Optional[str] = None, checks: 
                   job_id=job_id or os.environ.get("SLURM_JOB_ID"))
     ctx.ack_time = lambda: _ack_time(cfg, node)
     runner = Runner(ctx, detector(cfg, profiles))
-    report = runner.run(names, C.budget(cfg, context), suite=suite)
+    report = runner.run(names, C.checks_budget(cfg, context), suite=suite)
     if gpu.hung is None:
         try:
             gpu.close()

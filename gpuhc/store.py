@@ -297,12 +297,14 @@ class Store:
 
     # ---- writing ----
 
-    def record(self, report: Report) -> str:
+    def record(self, report: Report, timeout: Optional[float] = None) -> str:
         """Store a report: 'stored', or 'spooled' when shared storage failed or was too slow.
 
-        Never takes longer than the store timeout (plus the local spool write). StoreError only when
+        Never takes longer than the store timeout, or ``timeout`` when that is shorter (what is left
+        of the caller's budget; at least 0.1 s), plus the local spool write. StoreError only when
         the record could be neither stored nor spooled.
         """
+        limit = self.timeout if timeout is None else max(0.1, min(self.timeout, timeout))
         record = report.to_dict()
         line = encode(record)
         node = check_node_name(report.node)
@@ -316,14 +318,14 @@ class Store:
 
         start = time.monotonic()
         job = _Job(work, "gpuhc-store-write")
-        job.settled.wait(self.timeout)
+        job.settled.wait(limit)
         if job.written.is_set():
-            job.thread.join(max(0.0, self.timeout - (time.monotonic() - start)))   # compaction, within budget
+            job.thread.join(max(0.0, limit - (time.monotonic() - start)))   # compaction, within budget
             if job.error is not None:
                 log.warning("store %s: compaction of %s failed: %s", self.root, node, job.error)
             return "stored"
         job.cancelled = True
-        why = ("no answer within %g s" % self.timeout) if job.error is None else _describe(job.error)
+        why = ("no answer within %.3g s" % limit) if job.error is None else _describe(job.error)
         if not self.spool_dir:
             raise StoreError("store %s: %s; no state_dir to spool to: result of %s not recorded" % (self.root, why, node))
         path = self._spool(node, line)

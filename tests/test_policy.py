@@ -41,7 +41,7 @@ def test_unhealthy_idle_node_is_drained(cfg):
 @pytest.mark.parametrize("states,reason", [
     (("IDLE", "DRAIN"), "bad fan, ticket 123"), (("DOWN",), ""), (("IDLE", "MAINT"), ""),
     (("IDLE", "REBOOT_REQUESTED"), ""), (("FUTURE",), ""), (("IDLE", "NOT_RESPONDING"), ""),
-    (("ALLOCATED", "DRAIN"), "admin drain"),
+    (("ALLOCATED", "DRAIN"), "admin drain"), (("IDLE", "BOOT"), ""), (("IDLE", "REBOOT_ISSUED"), ""),
 ])
 def test_hands_off_states_and_other_owners(cfg, states, reason):
     for sev in (Severity.REBOOT, Severity.MONITOR):
@@ -144,3 +144,61 @@ def test_sinfo_json_both_shapes():
     assert P.hands_off(nodes["gpu-003"]) == "node is down,not_responding"
     newer = parse_nodes(SINFO_2302)["gpu-001"]
     assert newer.drained and not newer.owned_by_gpuhc and newer.reason_time == 1700000001
+
+
+# What Slurm 22.05.8 printed (sinfo --json, trimmed) for a node in a MAINT reservation, a node an
+# administrator set to state=fail, and a node drained by an administrator.
+SINFO_2205_FLAGS = """{"nodes": [
+  {"name": "gpu-001", "state": "idle", "state_flags": ["MAINTENANCE", "RESERVED"], "reason": "", "partitions": ["gpu"]},
+  {"name": "gpu-002", "state": "idle", "state_flags": ["FAIL"], "reason": "admin fail", "reason_set_by_user": "root",
+   "partitions": ["gpu"]},
+  {"name": "gpu-003", "state": "idle", "state_flags": ["FAIL"], "reason": "gpuhc: RESET pcie: x8", "partitions": ["gpu"]},
+  {"name": "gpu-004", "state": "idle", "state_flags": ["DRAIN"], "reason": "x", "partitions": ["gpu"]}
+ ]}"""
+
+
+def test_real_slurm_flags_maintenance_and_fail_are_hands_off(cfg):
+    nodes = parse_nodes(SINFO_2205_FLAGS)
+    assert P.hands_off(nodes["gpu-001"]) == "node is maintenance"
+    assert P.hands_off(nodes["gpu-002"]) == "node is fail"
+    assert P.hands_off(nodes["gpu-004"]).startswith("drained by someone else")
+    for name in ("gpu-001", "gpu-002", "gpu-004"):
+        for sev in (Severity.REBOOT, Severity.MONITOR):
+            assert P.decide(report(sev, node=name), nodes[name], cfg).kind == P.SKIP, name
+    # a failing node keeps its state even when the reason is gpuhc's: resume waits for the operator
+    drain = report(Severity.RESET, started=100, action="drain")
+    passes = [report(Severity.PASS, started=t) for t in (400, 300, 200)]
+    failing = nodes["gpu-003"]
+    failing.states.add("DRAIN")
+    assert P.may_resume(failing, passes + [drain], cfg, drain).why == "node is fail"
+
+
+@pytest.mark.parametrize("flag", ["REBOOT_REQUESTED", "MAINTENANCE", "DOWN", "NOT_RESPONDING"])
+def test_resume_waits_while_the_node_is_hands_off(cfg, flag):
+    drain = report(Severity.RESET, started=100, action="drain")
+    passes = [report(Severity.PASS, started=t) for t in (400, 300, 200)]
+    ok = view(states=("IDLE", "DRAIN"), reason="gpuhc: RESET pcie: x8")
+    assert P.may_resume(ok, passes + [drain], cfg, drain).kind == P.RESUME
+    busy = view(states=("IDLE", "DRAIN", flag), reason="gpuhc: RESET pcie: x8")
+    a = P.may_resume(busy, passes + [drain], cfg, drain)
+    assert a.kind == P.NONE and flag.lower() in a.why
+
+
+def test_no_resume_without_the_drains_own_record(cfg):
+    """The drain record compacted away: neither the suite depth nor (for REBOOT) the boot can be
+    weighed, so passes alone do not resume."""
+    for reason in ("gpuhc: RESET pcie: x8", "gpuhc: REBOOT xid: Xid 79"):
+        drained = view(states=("IDLE", "DRAIN"), reason=reason)
+        passes = [report(Severity.PASS, started=t, boot="b1") for t in (400, 300, 200)]
+        a = P.may_resume(drained, passes, cfg, None)
+        assert a.kind == P.NONE and "no record of the drain" in a.why
+
+
+def test_manual_resume_asks_for_evidence_even_with_automatic_resume_off():
+    cfg = C.validate({"resume": {"auto": False}})
+    drain = report(Severity.RESET, started=100, action="drain")
+    passes = [report(Severity.PASS, started=t) for t in (400, 300, 200)]
+    drained = view(states=("IDLE", "DRAIN"), reason="gpuhc: RESET pcie: x8")
+    assert P.may_resume(drained, passes + [drain], cfg, drain).why == "automatic resume disabled"
+    assert P.may_resume(drained, passes + [drain], cfg, drain, manual=True).kind == P.RESUME
+    assert P.may_resume(drained, passes[:1] + [drain], cfg, drain, manual=True).kind == P.NONE

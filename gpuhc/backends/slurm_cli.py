@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 
@@ -89,8 +90,9 @@ class SlurmCli:
 
     kind = "cli"
 
-    def __init__(self, timeout: float = 5.0) -> None:
+    def __init__(self, timeout: float = 5.0, deadline: Optional[float] = None) -> None:
         self.timeout = timeout
+        self.deadline = deadline             # time.monotonic() past which no command is started or waited for
 
     def available(self) -> bool:
         """The tools are installed and Slurm is configured on this host."""
@@ -101,11 +103,16 @@ class SlurmCli:
     def _run(self, argv: Sequence[str], timeout: Optional[float] = None) -> str:
         if shutil.which(argv[0]) is None:
             raise SlurmError("%s not found" % argv[0])
+        timeout = timeout or self.timeout
+        if self.deadline is not None:
+            timeout = min(timeout, self.deadline - time.monotonic())
+            if timeout < 0.05:
+                raise SlurmError("%s not run: the run's time budget is used up" % " ".join(argv[:3]))
         try:
             proc = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=timeout or self.timeout)
+                                  timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise SlurmError("%s timed out after %gs" % (" ".join(argv[:3]), timeout or self.timeout)) from None
+            raise SlurmError("%s timed out after %.3gs" % (" ".join(argv[:3]), timeout)) from None
         except OSError as exc:
             raise SlurmError("%s: %s" % (argv[0], exc)) from None
         if proc.returncode != 0:
@@ -149,6 +156,23 @@ class SlurmCli:
         for key in (" StdErr=", " StdIn=", " StdOut=", " Power=", " MailUser=", " TresPerNode="):
             comment = comment.split(key, 1)[0]
         return comment.strip() if comment.strip() != "(null)" else ""
+
+    def reservations(self) -> Dict[str, str]:
+        """node -> the name of the active reservation it is in (one per node: the first listed)."""
+        from ..hostlist import expand
+
+        out: Dict[str, str] = {}
+        for line in self._run(["scontrol", "show", "reservation", "--oneliner"]).splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            name, nodes = fields.get("ReservationName"), fields.get("Nodes", "")
+            if not name or not nodes or nodes == "(null)" or fields.get("State", "ACTIVE") != "ACTIVE":
+                continue
+            try:
+                for node in expand(nodes, "Nodes"):
+                    out.setdefault(node, name)
+            except Exception:
+                continue
+        return out
 
     def features(self, name: str) -> List[str]:
         view = self.node(name)
