@@ -20,6 +20,7 @@ LIGHTWEIGHT = ["gpu_count", "xid", "ecc", "memory_remap", "pcie", "nvlink", "clo
 EPILOG_QUICK = ["gpu_count", "xid", "ecc", "memory_remap", "processes", "network"]
 THRESHOLDS = {
     "ecc_sram_uncorrected": 4,        # aggregate SRAM uncorrectable errors above which: ISOLATE (RMA)
+    "ecc_dram_uncorrected": 64,       # aggregate DRAM uncorrectable errors above which: ISOLATE (any: MONITOR)
     "ecc_volatile_uncorrected": 0,    # uncorrectable errors since the last reset above which: RESET
     "ecc_corrected_growth": 1000,     # corrected errors between two runs worth a MONITOR finding
     "retired_pages": 60,              # pre-Ampere: retired pages at which the table is nearly full (64)

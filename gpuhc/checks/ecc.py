@@ -1,4 +1,6 @@
-"""ecc: ECC mode as the profile expects; uncorrectable errors since the last reset and over the GPU's life."""
+"""ecc: ECC mode as the profile expects; uncorrectable errors since the last reset and over the GPU's life
+(SRAM and DRAM, each with its limit); corrected errors since the last run as a trend metric
+(``corrected_growth``, on every GPU once a previous run is known), MONITOR beyond ``ecc_corrected_growth``."""
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -34,15 +36,37 @@ def _one(gpu: GpuRef, ecc: Dict[str, Any], profile, config, previous: Dict[str, 
     if ecc.get("enabled") is None:
         return [Finding(NAME, Severity.SKIP, "ECC not supported", gpu=gpu)]
     if not ecc["enabled"] and profile is not None and profile.ecc:
-        out.append(Finding(NAME, Severity.RESET, "ECC is disabled", gpu=gpu,
+        out.append(Finding(NAME, Severity.RESET, "ECC is disabled", gpu=gpu, metrics=metrics,
                            remediation="enable ECC (nvidia-smi -i %d -e 1) and reset the GPU" % gpu.index))
     if ecc.get("pending") is not None and ecc["pending"] != ecc["enabled"]:
-        out.append(Finding(NAME, Severity.MONITOR, "ECC mode change pending until the next reset", gpu=gpu))
+        out.append(Finding(NAME, Severity.MONITOR, "ECC mode change pending until the next reset", gpu=gpu,
+                           metrics=metrics))
     sram, sram_limit = agg.get("uncorrected_sram") or 0, threshold(config, "ecc_sram_uncorrected")
     if sram > sram_limit:
         out.append(Finding(NAME, Severity.ISOLATE, "%d uncorrectable SRAM ECC errors over the GPU's life (limit %g)"
                            % (sram, sram_limit), gpu=gpu, metrics=metrics,
                            remediation="take the GPU out of service and open an RMA"))
+    # Aggregate DRAM uncorrectable errors. NVIDIA's memory error management guidance: on Ampere and
+    # later a DRAM UCE is contained (only the job that touched it fails) and its row is remapped at
+    # the next GPU reset; the RMA criterion is the row-remap failure flag, not a count. Before
+    # Ampere the page is retired instead. Both are read by memory_remap (pending -> RESET; failure,
+    # a bank without spare rows or a nearly full retirement table -> ISOLATE), the primary signal.
+    # This count is the backstop: any DRAM UCE over the GPU's life is MONITOR (recorded, shown, no
+    # drain: the remapper or retirement handles it), and beyond `ecc_dram_uncorrected` (default 64:
+    # the whole pre-Ampere retirement table, an eighth of the 512 rows Ampere+ can remap) ISOLATE,
+    # for a GPU that keeps failing jobs however well it remaps, or whose remap state cannot be read
+    # (MIG with active instances). Never RESET: a reset does not lower a lifetime count, so a RESET
+    # would drain again after every reset.
+    dram, dram_limit = agg.get("uncorrected_dram") or 0, threshold(config, "ecc_dram_uncorrected")
+    if dram > dram_limit:
+        out.append(Finding(NAME, Severity.ISOLATE, "%d uncorrectable DRAM ECC errors over the GPU's life (limit %g)"
+                           % (dram, dram_limit), gpu=gpu, metrics=metrics,
+                           remediation="take the GPU out of service; run the field diagnostic and open an RMA"))
+    elif dram > 0:
+        out.append(Finding(NAME, Severity.MONITOR, "%d uncorrectable DRAM ECC error(s) over the GPU's life (limit %g)"
+                           % (dram, dram_limit), gpu=gpu, metrics=metrics,
+                           remediation="memory_remap shows whether they were remapped; replace the GPU if the "
+                                       "count keeps rising"))
     if (vol.get("uncorrected") or 0) > threshold(config, "ecc_volatile_uncorrected"):
         out.append(Finding(NAME, Severity.RESET, "%d uncorrectable ECC errors since the last reset" % vol["uncorrected"],
                            gpu=gpu, metrics=metrics,
@@ -51,7 +75,11 @@ def _one(gpu: GpuRef, ecc: Dict[str, Any], profile, config, previous: Dict[str, 
         out.append(Finding(NAME, Severity.MONITOR, "%d corrected ECC errors since the last run" % grown, gpu=gpu,
                            metrics=metrics, remediation="watch the rate; a fast-rising count often precedes a remap"))
     if not out:
-        out.append(Finding(NAME, Severity.PASS, "ECC on, no uncorrectable errors", gpu=gpu, metrics=metrics))
+        uncorrected = agg.get("uncorrected") or 0
+        text = ("ECC off; profile does not require it" if not ecc["enabled"] else
+                "ECC on, %d uncorrectable errors over the GPU's life, within limits" % uncorrected if uncorrected
+                else "ECC on, no uncorrectable errors")
+        out.append(Finding(NAME, Severity.PASS, text, gpu=gpu, metrics=metrics))
     return out
 
 
