@@ -7,8 +7,10 @@ error under GPUHC_REQUIRE_SLURM=1 (CI).
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -264,3 +266,92 @@ def test_epilog_suite_follows_the_job_exit_and_the_allowed_opt_out(site):
     assert epilog_suite("gpu-002", failed) == ["epilog_failure"]
     assert epilog_suite("gpu-003", opted) == ["epilog"]
     assert all(not drained(s.state(n)[0]) for n in ("gpu-001", "gpu-002", "gpu-003"))
+
+
+def wait_for(predicate, timeout=60, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError("%s not reached after %ds" % (what, timeout))
+
+
+def test_maintenance_fail_and_quarantine_states_are_left_alone_and_shown(site):
+    """A MAINT reservation (how quarantine runs) and an administrator's state=fail: Slurm 22.05
+    shows them as the flags MAINTENANCE and FAIL (no DRAIN), and gpuhc acts on neither."""
+    s = site()
+    for node in ("gpu-002", "gpu-003"):
+        s.scenario(node, "extends: h100-xid79\n")
+    s.cluster.run(["scontrol", "update", "NodeName=gpu-002", "State=FAIL", "Reason=psu swap, ticket 7"])
+    s.cluster.run(["scontrol", "create", "reservation", "ReservationName=gpuhc-quarantine-gpu-003",
+                   "Nodes=gpu-003", "StartTime=now", "Duration=60", "Flags=MAINT", "Users=root"])
+    wait_for(lambda: "MAINTENANCE" in s.state("gpu-003")[0], what="MAINTENANCE flag on gpu-003")
+    for node, word in (("gpu-002", "node is fail"), ("gpu-003", "node is maintenance")):
+        before = s.state(node)
+        res = s.gpuhc("healthcheck", node=node)
+        assert res.returncode == 0 and word in res.stdout, res.stdout + res.stderr
+        assert s.state(node) == before
+    s.gpuhc("healthcheck", node="gpu-001", check=True)
+    per_node = {n["node"]: n for n in json.loads(s.gpuhc("status", "-N", "--json", check=True).stdout)["nodes"]}
+    assert per_node["gpu-003"]["health"] == "quarantine", per_node["gpu-003"]
+    assert per_node["gpu-002"]["health"] == "drained-admin" and per_node["gpu-001"]["health"] == "healthy"
+    # grouped rows and reasons as automation reads them
+    rows = json.loads(s.gpuhc("status", "--json", check=True).stdout)["groups"]
+    by_health = {r["health"]: r for r in rows}
+    assert by_health["quarantine"]["nodelist"] == "gpu-003" and by_health["quarantine"]["count"] == 1, rows
+    assert by_health["drained-admin"]["nodes"] == ["gpu-002"], rows
+    assert by_health["never-checked"]["nodelist"] == "gpu-004" and by_health["healthy"]["nodelist"] == "gpu-001"
+    rows = json.loads(s.gpuhc("status", "-R", "--json", check=True).stdout)["reasons"]
+    assert any(r["reason"] == "psu swap, ticket 7" and r["nodelist"] == "gpu-002" for r in rows), rows
+
+
+def test_a_healthcheck_pass_clears_the_monitor_comment(site):
+    s = site()
+    s.scenario("gpu-004", "extends: h100-xid45-burst\nnode: {boot_id: boot-1}\n")
+    s.gpuhc("healthcheck", node="gpu-004", check=True)
+    assert s.comment("gpu-004").startswith("gpuhc: MONITOR xid: Xid ")
+    s.scenario("gpu-004", "extends: h100-healthy\nnode: {boot_id: boot-2}\n")
+    res = s.gpuhc("healthcheck", node="gpu-004", check=True)
+    assert "PASS" in res.stdout
+    assert s.comment("gpu-004") in ("", "(null)"), s.comment("gpu-004")
+
+
+def test_slurmd_runs_the_wrapper_as_health_check_program(slurm_cluster, tmp_path):
+    """HealthCheckProgram is the wrapper under the name gpuhc-healthcheck, run by slurmd itself
+    (at start and every interval) on every node: the faulty one is drained, the others not."""
+    from slurm_cluster import TestCluster
+
+    program = tmp_path / "gpuhc-healthcheck"
+    program.symlink_to(os.path.join(ROOT, "slurm", "prolog.d", "50-gpuhc"))
+    base = tempfile.mkdtemp(prefix="gpuhc-hc-")
+    cluster = TestCluster(base, nodes=["hc-001", "hc-002"], health_check=(str(program), 5))
+    scenarios = tmp_path / "scenarios"
+    scenarios.mkdir()
+    (scenarios / "hc-001.yaml").write_text("extends: h100-healthy\n")
+    (scenarios / "hc-002.yaml").write_text("extends: h100-pcie-x8\n")
+    with open(cluster.gpuhc_config, "w") as fh:
+        json.dump({"store": str(tmp_path / "store"), "state_dir": str(tmp_path / "state"),
+                   "simulate": str(scenarios / "%n.yaml"),
+                   "detect": {"cloud_metadata": False, "slurm_features": False}}, fh)
+    try:
+        try:
+            cluster.start()
+        except Exception:
+            pass            # a node drained by its first health check never reaches IDLE: checked below
+
+        def drained_reason():
+            flags, reason = cluster.node_state("hc-002")
+            return reason if "DRAIN" in flags and reason else None
+
+        reason = wait_for(drained_reason, timeout=60, what="hc-002 drained by the health check")
+        assert reason.startswith("gpuhc: RESET pcie: GPU4 PCIe link x8"), reason
+        assert "DRAIN" not in cluster.node_state("hc-001")[0]
+        env = dict(cluster.client_env, GPUHC_CONFIG=cluster.gpuhc_config)
+        out = subprocess.run([sys.executable, "-m", "gpuhc", "history", "hc-001", "--json"], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert {r["context"] for r in json.loads(out.stdout)} == {"healthcheck"}, out.stdout + out.stderr
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
