@@ -31,6 +31,7 @@ THRESHOLDS = {
     "nvlink_crc_flit_growth": 1000,
     "nvlink_crc_data_growth": 100,
     "temperature_margin_c": 5,        # MONITOR within this many degrees of the slowdown threshold
+    "temperature_shutdown_margin_c": 3,  # ISOLATE within this many degrees of shutdown (and past slowdown)
     "power_limit_ratio": 0.95,        # MONITOR when the enforced power limit is below this share of default
 }
 # checks that load the GPUs for minutes: never in the prolog, epilog or lightweight suites

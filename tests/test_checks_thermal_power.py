@@ -148,3 +148,16 @@ def test_lowered_power_limit_is_monitor(run_scenario, tmp_path):
     assert thermal(report) == [("GPU3", "MONITOR")] and report.overall.value == "MONITOR"
     [hit] = [f for f in report.findings if f.check == "thermal_power" and f.severity.value == "MONITOR"]
     assert hit.message == "power limit 500 W below the default 700 W" and hit.metrics["power_limit_w"] == 500.0
+
+
+@pytest.mark.parametrize("temp, expected", [(91, "MONITOR"), (92, "RESET"), (93, "ISOLATE"), (95, "ISOLATE")])
+def test_close_thresholds_slowdown_is_reset_before_anything_is_isolate(temp, expected):
+    """A100-like thresholds (slowdown 92 C, shutdown 95 C): reaching slowdown drains for a reset,
+    not for good; only past slowdown and near shutdown is ISOLATE."""
+    assert sev(evaluate(gpu(temp={"gpu": temp, "slowdown": 92, "shutdown": 95}))) == [expected]
+
+
+def test_shutdown_margin_is_a_threshold():
+    cfg = C.validate({"thresholds": {"temperature_shutdown_margin_c": 1}})
+    assert sev(evaluate(gpu(temp={"gpu": 93}), config=cfg)) == ["RESET"]
+    assert sev(evaluate(gpu(temp={"gpu": 94}), config=cfg)) == ["ISOLATE"]

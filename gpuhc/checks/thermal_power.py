@@ -25,7 +25,10 @@ def _one(gpu: GpuRef, v: Dict[str, Any], config) -> List[Finding]:
     metrics = {k: val for k, val in {"temperature_c": temp, "power_w": p.get("usage_w"),
                                      "power_limit_w": p.get("enforced_limit_w") or p.get("limit_w")}.items()
                if val is not None}
-    if temp is not None and shut and temp >= shut - 3:
+    # near shutdown: past slowdown and within `temperature_shutdown_margin_c` of shutdown (a cooling
+    # fault that returns under load: no automatic resume when it cools down idle)
+    if temp is not None and shut and temp >= shut - threshold(config, "temperature_shutdown_margin_c") \
+            and (not slow or temp > slow):
         out.append(Finding(NAME, Severity.ISOLATE, "%d C, near the shutdown threshold %d C" % (temp, shut), gpu=gpu,
                            metrics=metrics, remediation="take the node out of service and check fans and airflow"))
     elif temp is not None and slow and temp >= slow:
