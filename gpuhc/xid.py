@@ -8,7 +8,9 @@ does not hide an Xid.
 """
 from __future__ import annotations
 
+import calendar
 import re
+import time as _time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -26,8 +28,8 @@ _TIME = [
     ("kmsg", re.compile(r"^\d+,(?P<seq>\d+),(?P<usec>\d+),[^;]*;")),
     ("mono", re.compile(r"^(?:<\d+>)?\[\s*(?P<sec>\d+\.\d+)\]")),
     ("ctime", re.compile(r"^(?:<\d+>)?\[(?P<date>[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4})\]")),
-    ("iso", re.compile(r"^(?P<date>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)")),
-    ("syslog", re.compile(r"^(?P<date>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d)")),
+    ("iso", re.compile(r"^(?:<\d+>)?(?P<date>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)")),
+    ("syslog", re.compile(r"^(?:<\d+>)?(?P<date>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d)")),
 ]
 _MONO_AFTER = re.compile(r"\[\s*(?P<sec>\d+\.\d+)\]")
 
@@ -46,6 +48,7 @@ class XidEvent:
     process: Optional[str] = None
     fatal: Optional[bool] = None    # SXid: the Fatal / Non-fatal word of the line
     count: int = 1                  # repeats folded into this event
+    details: List[str] = field(default_factory=list)    # SXid continuation lines folded in
 
     def key(self) -> Tuple[str, int, str, str]:
         return (self.kind, self.xid, self.pci_bus_id, self.message)
@@ -94,13 +97,34 @@ def parse_line(line: str, lineno: int = 0) -> Optional[XidEvent]:
                     pid=pid, process=name or None, fatal=fatal)
 
 
+_FOLLOWUP = ("Severity ", "Data {")
+
+
+def is_followup(ev: XidEvent) -> bool:
+    """An SXid continuation line ('Severity 1 Engine instance ...', 'Data {0x...}'): the NVSwitch
+    driver prints it after the first line of the same SXid; it is not an error of its own."""
+    return ev.kind == "sxid" and ev.message.startswith(_FOLLOWUP)
+
+
+def _add(out: List[XidEvent], ev: XidEvent, last_sxid: Dict[str, XidEvent]) -> None:
+    """Append an event, or fold an SXid continuation line into the last SXid of its NVSwitch."""
+    if ev.kind == "sxid":
+        head = last_sxid.get(ev.pci_bus_id)
+        if head is not None and head.xid == ev.xid and is_followup(ev):
+            head.details.append(ev.message)
+            return
+        last_sxid[ev.pci_bus_id] = ev
+    out.append(ev)
+
+
 def parse(lines: Iterable[str], start_line: int = 1) -> List[XidEvent]:
-    out = []
+    out: List[XidEvent] = []
+    last_sxid: Dict[str, XidEvent] = {}
     for n, line in enumerate(lines, start_line):
         if "Xid" in line:
             ev = parse_line(line, n)
             if ev is not None:
-                out.append(ev)
+                _add(out, ev, last_sxid)
     return out
 
 
@@ -108,6 +132,7 @@ def scan(text: str, first_line: int = 1) -> List[XidEvent]:
     """Events of a whole log text. Finds 'Xid' with str.find (C speed) and parses only
     the lines that hold it, counting newlines in between for line numbers."""
     out: List[XidEvent] = []
+    last_sxid: Dict[str, XidEvent] = {}
     pos, line_no, counted_to = 0, first_line, 0
     find, count = text.find, text.count
     while True:
@@ -122,7 +147,7 @@ def scan(text: str, first_line: int = 1) -> List[XidEvent]:
         counted_to = start
         ev = parse_line(text[start:end], line_no)
         if ev is not None:
-            out.append(ev)
+            _add(out, ev, last_sxid)
         pos = end + 1
 
 
@@ -202,8 +227,59 @@ def describe(events: List[XidEvent], cond: Optional[Conditions] = None) -> List[
         out.append({"kind": ev.kind, "xid": ev.xid, "pci_bus_id": ev.pci_bus_id, "severity": severity,
                     "resolution": resolution, "description": desc, "message": ev.message, "line": ev.line,
                     "time": ev.time, "monotonic": ev.monotonic, "seq": ev.seq, "pid": ev.pid,
-                    "process": ev.process, "fatal": ev.fatal})
+                    "process": ev.process, "fatal": ev.fatal, "details": ev.details})
     return out
+
+
+# -- wall-clock time of an event (to tell the lines of an earlier boot in a log file) ----------
+
+_ISO = re.compile(r"^(?P<base>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:[.,](?P<frac>\d+))?"
+                  r"(?:(?P<utc>Z)|(?P<sign>[+-])(?P<oh>\d\d):?(?P<om>\d\d))?$")
+_CTIME = re.compile(r"^[A-Z][a-z]{2} [A-Z][a-z]{2} ")
+_SYSLOG = re.compile(r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d$")
+
+
+def wall_time(when: Optional[str], now: float) -> Optional[float]:
+    """Epoch seconds of an event's timestamp as the log wrote it (ISO, `dmesg -T` and syslog
+    dates; without a zone: local time; a syslog date has no year: the latest one not after
+    ``now``); None for seconds since boot, no timestamp, or a date that does not parse."""
+    if not when:
+        return None
+    try:
+        m = _ISO.match(when)
+        if m:
+            return _iso_time(m)
+        if _CTIME.match(when):
+            return _time.mktime(_time.strptime(when, "%a %b %d %H:%M:%S %Y"))
+        if _SYSLOG.match(when):
+            year = _time.localtime(now).tm_year
+            t = _syslog_time(when, year)
+            return t if t <= now + 86400 else _syslog_time(when, year - 1)
+    except (ValueError, OverflowError):
+        return None
+    return None
+
+
+def _syslog_time(when: str, year: int) -> float:
+    return _time.mktime(_time.strptime("%d %s" % (year, when), "%Y %b %d %H:%M:%S"))
+
+
+def _iso_time(m: "re.Match[str]") -> float:
+    fields = _time.strptime(m.group("base"), "%Y-%m-%dT%H:%M:%S")
+    if m.group("utc") or m.group("sign"):
+        t = float(calendar.timegm(fields))
+        if m.group("sign"):
+            offset = int(m.group("oh")) * 3600 + int(m.group("om")) * 60
+            t += -offset if m.group("sign") == "+" else offset
+    else:
+        t = _time.mktime(fields)
+    return t + float("0." + m.group("frac")) if m.group("frac") else t
+
+
+def logged_before(ev: XidEvent, when: float, now: float) -> bool:
+    """Whether the event's own timestamp says it was logged before ``when`` (False when it cannot tell)."""
+    t = wall_time(ev.time, now)
+    return t is not None and t < when
 
 
 # -- per-boot event records (kept in the local state between runs) -----------------------------
@@ -231,6 +307,9 @@ def merge(records: List[dict], new: List[XidEvent], now: float = 0.0) -> List[di
     out = [dict(r) for r in records]
     by_key = {r["key"]: r for r in out}
     for ev in new:
+        if is_followup(ev) and any(r["kind"] == "sxid" and r["xid"] == ev.xid and r["pci_bus_id"] == ev.pci_bus_id
+                                   for r in out):
+            continue        # the rest of an SXid whose first line an earlier scan read
         if ev.kind == "xid" and ev.xid == 154 and recovery_action_severity(ev.message) == "MONITOR":
             for r in out:
                 if r["pci_bus_id"] == ev.pci_bus_id:

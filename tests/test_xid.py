@@ -1,16 +1,19 @@
 """Xid/SXid parsing on real kernel-log line shapes, classification, and the per-boot event state."""
 import json
 import os
+import time
 
 import pytest
 
 from gpuhc import xid as X
+from gpuhc import xid_catalog as cat
 from gpuhc.model import Severity
 
 from conftest import gpuhc
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 MIXED = os.path.join(DATA, "kernel-xid-mixed.log")
+SXID_FOLLOWUP = os.path.join(DATA, "kernel-sxid-followup.log")
 
 # (line number, kind, xid, bus, time, pid, process, message start)
 WANTED = [
@@ -37,6 +40,121 @@ def test_every_prefix_style_parses_and_negatives_do_not():
     assert events[1].monotonic == 1234567.891011           # syslog prefix then [sec.usec]
     assert events[4].seq == 1832                            # /dev/kmsg sequence number
     assert (events[7].fatal, events[8].fatal) == (False, True)
+
+
+@pytest.mark.parametrize("prefix,when,mono,seq", [
+    ("", None, None, None),
+    ("[ 2345.678901] ", "2345.678901", 2345.678901, None),
+    ("[Mon Jun 12 09:33:41 2023] ", "Mon Jun 12 09:33:41 2023", None, None),
+    ("2024-01-15T10:22:33.123456+00:00 host kernel: ", "2024-01-15T10:22:33.123456+00:00", None, None),
+    ("2024-01-15T10:22:33Z host kernel: [   12.500000] ", "2024-01-15T10:22:33Z", 12.5, None),
+    ("Jun 12 09:35:02 host kernel: ", "Jun 12 09:35:02", None, None),
+    ("Mar  1 12:00:00 dgx kernel: [1234567.891011] ", "Mar  1 12:00:00", 1234567.891011, None),
+    ("[    5.214501] gpu-001 kernel: ", "5.214501", 5.214501, None),          # journalctl short-monotonic
+])
+@pytest.mark.parametrize("priority", ["", "<4>", "<12>"])
+def test_every_prefix_style_with_and_without_a_priority(prefix, when, mono, seq, priority):
+    line = priority + prefix + "NVRM: Xid (PCI:0000:18:00): 79, pid=1234, GPU has fallen off the bus."
+    ev = X.parse_line(line, 1)
+    assert (ev.xid, ev.pci_bus_id, ev.time, ev.monotonic, ev.pid) == (79, "0000:18:00.0", when, mono, 1234)
+    assert ev.message == "GPU has fallen off the bus."
+    assert [(e.time, e.monotonic) for e in X.scan(line + "\n")] == [(when, mono)]
+
+
+def test_kmsg_record_prefix():
+    ev = X.parse_line("4,1832,23456789012,-;NVRM: Xid (PCI:0000:5d:00): 119, pid=3321, name=x, Timeout", 1)
+    assert (ev.time, ev.monotonic, ev.seq) == ("23456.789012", 23456.789012, 1832)
+
+
+def test_wall_time_of_dated_prefixes(monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        now = 1718000000.0                                      # 2024-06-10
+        assert X.wall_time("2024-01-15T10:22:33.5+00:00", now) == 1705314153.5
+        assert X.wall_time("2024-01-15T12:22:33+02:00", now) == X.wall_time("2024-01-15T10:22:33Z", now) == 1705314153
+        assert X.wall_time("Mon Jun 12 09:33:41 2023", now) == 1686562421
+        assert X.wall_time("Jun  1 00:00:00", now) == 1717200000           # this year
+        assert X.wall_time("Dec 31 23:00:00", now) == 1704063600           # not in the future: last year
+        assert X.wall_time("2345.678901", now) is None and X.wall_time(None, now) is None
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_sxid_continuation_lines_fold_into_their_sxid():
+    with open(SXID_FOLLOWUP) as fh:
+        text = fh.read()
+    for events in (X.parse(text.splitlines()), X.scan(text)):
+        got = [(e.line, e.xid, e.pci_bus_id, e.fatal, len(e.details)) for e in events]
+        assert got == [(1, 12028, "0000:05:00.0", False, 2), (4, 24007, "0000:07:00.0", True, 3),
+                       (5, 12028, "0000:05:00.0", False, 2)]
+        assert events[0].message.startswith("Link 46 NVLW") and events[0].details[0].startswith("Severity 1 Engine")
+        assert events[1].details[1].startswith("Data {0x00000001")
+    # a continuation line whose first line an earlier scan read is not a new event
+    recs = X.merge([], X.parse(text.splitlines()[:1]))
+    recs = X.merge(recs, X.scan("\n".join(text.splitlines()[1:3]) + "\n"))
+    assert [(r["xid"], r["count"]) for r in recs] == [(12028, 1)]
+    # ... while one with nothing before it is still recorded
+    assert len(X.merge([], X.parse(text.splitlines()[1:2]))) == 1
+
+
+def test_sxid_continuation_lines_in_json_and_findings(run_scenario, tmp_path):
+    res = gpuhc("xid", SXID_FOLLOWUP, "--json")
+    assert res.returncode == 0, res.stderr
+    events = json.loads(res.stdout)
+    assert [(e["kind"], e["xid"], e["line"], e["resolution"]) for e in events] == [
+        ("sxid", 12028, 1, "IGNORE"), ("sxid", 24007, 4, "RESET_FABRIC"), ("sxid", 12028, 5, "IGNORE")]
+    assert events[1]["details"][0] == "Severity 5 Engine instance 40 Sub-engine instance 00"
+    sc = tmp_path / "nvs.yaml"
+    with open(SXID_FOLLOWUP) as fh:
+        sc.write_text("extends: h100-healthy\nkernel_log:\n" + "".join("  - '%s'\n" % ln for ln in fh.read().splitlines()))
+    report = run_scenario(str(sc), checks=["xid"])
+    got = sorted((f.metrics.get("xid"), f.metrics.get("count"), f.severity.value)
+                 for f in report.findings if f.check == "xid")
+    assert got == [(12028, 2, "MONITOR"), (24007, 1, "RESET")]
+
+
+def test_file_source_keeps_its_place_across_reboots(tmp_path):
+    """A kern.log outlives a reboot: the Xids of the previous boot, read or not, do not come back."""
+    from gpuhc.backends.host import LocalHost
+    from gpuhc.checks import xid as C
+    from gpuhc.checks.base import Context
+
+    rnd = tmp_path / "proc" / "sys" / "kernel" / "random"
+    rnd.mkdir(parents=True)
+    log = tmp_path / "kern.log"
+    host = LocalHost(root=str(tmp_path), kernel_log=str(log))
+    t0 = 1700000000
+    state = {}
+
+    def boot(boot_id, btime):
+        (rnd / "boot_id").write_text(boot_id + "\n")
+        (tmp_path / "proc" / "stat").write_text("cpu  1 2 3 4\nbtime %d\nprocesses 99\n" % btime)
+
+    def write(*lines, mode="a"):
+        with open(log, mode) as fh:
+            for t, xid in lines:
+                when = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t))
+                fh.write("%s node kernel: NVRM: Xid (PCI:0000:18:00): %d, pid=1, name=p, x\n" % (when, xid))
+
+    def scan():
+        data = C.gather(Context(node="n", context="check", gpu=None, host=host, config={},
+                                previous={"xid": state["s"]} if state else {}))
+        state["s"] = data["_state"]
+        return sorted(e["xid"] for e in data["events"])
+
+    boot("b1", t0)
+    write((t0 - 5000, 79), (t0 + 60, 48), mode="w")      # first run ever: an older boot's Xid 79
+    assert scan() == [48]
+    write((t0 + 100, 79))                               # logged after the last scan, then a reboot
+    boot("b2", t0 + 1000)
+    write((t0 + 1060, 31))
+    assert scan() == [31]
+    assert scan() == [31] and state["s"]["events"][0]["count"] == 1
+    os.rename(log, str(log) + ".1")                     # rotated: the new file is read from its start
+    write((t0 + 1100, 13), mode="w")
+    assert scan() == [13, 31]
 
 
 def test_scan_of_whole_text_matches_line_parser():
@@ -108,14 +226,20 @@ def test_xid_command_json(tmp_path):
     assert res.returncode == 0, res.stderr
     events = json.loads(res.stdout)
     assert [e["line"] for e in events] == [w[0] for w in WANTED]
-    e79 = events[0]
+    e79, e48 = events[0], events[6]
     assert {"kind", "xid", "pci_bus_id", "severity", "resolution", "message", "line"} <= set(e79)
     assert (e79["kind"], e79["xid"], e79["pci_bus_id"], e79["severity"]) == ("xid", 79, "0000:3b:00.0", "REBOOT")
+    assert e79["resolution"] == cat.XID[79][1] == "RESTART_BM"
+    assert (e48["xid"], e48["resolution"]) == (48, cat.XID[48][1])
     assert events[7]["kind"] == "sxid"
     with open(MIXED) as fh:
         res = gpuhc("xid", "-", input=fh.read())
-    assert res.returncode == 0 and "Xid" not in res.stdout.splitlines()[0] or "TIME" in res.stdout.splitlines()[0]
-    assert "0000:b1:00.0" in res.stdout and "REBOOT" in res.stdout
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["TIME", "PCI", "XID", "SEVERITY", "RESOLUTION", "MESSAGE"]
+    row79 = [ln for ln in lines if "0000:3b:00.0" in ln]
+    assert len(row79) == 1 and " 79 " in row79[0] and "REBOOT" in row79[0] and cat.XID[79][1] in row79[0]
+    assert len(lines) == 1 + len(WANTED) and "0000:b1:00.0" in res.stdout
     res = gpuhc("xid", str(tmp_path / "missing.log"))
     assert res.returncode == 2 and "cannot read" in res.stderr
 

@@ -9,11 +9,13 @@ simulation implements them from a scenario file (backends/sim.py).
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import subprocess
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 NVIDIA_VENDOR = "0x10de"
 # PCI class codes of NVIDIA GPUs: VGA (0x0300), 3D controller (0x0302).
@@ -29,6 +31,8 @@ class LogChunk:
     cursor: Dict[str, Any]
     first_line: int = 1          # line number of the first line of text in the whole log
     lost: int = 0
+    # spans of seconds since boot, (after, before), whose records were lost (/dev/kmsg)
+    gaps: List[Tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -58,12 +62,21 @@ class Host:
         raise NotImplementedError
 
     def kernel_log_since(self, cursor: Optional[Dict[str, Any]]) -> LogChunk:
-        """The kernel log of this boot after ``cursor`` (None: from the start)."""
+        """The kernel log of this boot after ``cursor`` (None: from the start); a log file source
+        is read on from its cursor whatever the boot."""
         raise NotImplementedError
 
     def boot_id(self) -> Optional[str]:
         text = self.read_text("/proc/sys/kernel/random/boot_id")
         return text.strip() if text else None
+
+    def boot_time(self) -> Optional[float]:
+        """When this boot started, in epoch seconds (``btime`` of /proc/stat), or None."""
+        for line in (self.read_text("/proc/stat") or "").splitlines():
+            if line.startswith("btime "):
+                value = line.split()[1:2]
+                return float(value[0]) if value and value[0].isdigit() else None
+        return None
 
     def instance_type(self, timeout: float) -> Optional[str]:
         return None
@@ -157,16 +170,14 @@ class LocalHost(Host):
                         first_line=first)
 
     def _fill_gap_from_journal(self, chunk: LogChunk, cursor: Optional[Dict[str, Any]]) -> LogChunk:
-        """Records overwritten in the ring buffer before we read them: take that span from journald."""
-        after = (cursor or {}).get("usec", 0) / 1e6
+        """Records overwritten in the ring buffer before we read them: take those spans from journald."""
         res = self.run(["journalctl", "-k", "-b", "--no-pager", "-q", "-o", "short-monotonic"], timeout=10)
         if not res.ok:
             return chunk
-        until = chunk.cursor.get("first_usec", 0) / 1e6
         kept = []
         for line in res.stdout.splitlines():
             m = _MONO.match(line)
-            if m and after < float(m.group(1)) < until:
+            if m and any(after < float(m.group(1)) < before for after, before in chunk.gaps):
                 kept.append(line)
         if not kept:
             return chunk
@@ -189,8 +200,8 @@ def _read_kmsg_since(path: str, cursor: Optional[Dict[str, Any]]) -> Optional[Lo
     after = cursor.get("seq", -1) if cursor and cursor.get("source") == "kmsg" else -1
     out: List[str] = []
     last = after
-    last_usec = (cursor or {}).get("usec", 0)
-    first_seq = first_usec = None
+    last_usec = (cursor or {}).get("usec", 0) if after >= 0 else 0
+    lost, gaps = 0, []
     try:
         while True:
             try:
@@ -206,50 +217,102 @@ def _read_kmsg_since(path: str, cursor: Optional[Dict[str, Any]]) -> Optional[Lo
             head, _, msg = rec.decode("utf-8", "replace").partition(";")
             fields = head.split(",")
             seq, usec = int(fields[1]), int(fields[2])
-            if first_seq is None:
-                first_seq, first_usec = seq, usec
             if seq <= after:
                 continue
+            if last >= 0 and seq > last + 1:       # a jump in sequence numbers: overwritten records
+                lost += seq - last - 1
+                gaps.append((last_usec / 1e6, usec / 1e6))
             out.append("%s;%s" % (head, msg.split("\n", 1)[0]))
             last, last_usec = seq, usec
     finally:
         os.close(fd)
-    lost = 0
-    if after >= 0 and first_seq is not None and first_seq > after + 1:
-        lost = first_seq - after - 1
     line = (cursor or {}).get("line", 0) if after >= 0 else 0
     return LogChunk("\n".join(out) + ("\n" if out else ""),
-                    {"source": "kmsg", "seq": last, "usec": last_usec, "line": line + len(out),
-                     "first_usec": first_usec or 0}, first_line=line + 1, lost=lost)
+                    {"source": "kmsg", "seq": last, "usec": last_usec, "line": line + len(out)},
+                    first_line=line + 1, lost=lost, gaps=gaps)
+
+
+_TAIL = 64      # bytes before a file cursor that the cursor remembers (a checksum of them)
 
 
 def _read_file_since(path: str, cursor: Optional[Dict[str, Any]]) -> LogChunk:
-    """A saved or syslog file, from the cursor's byte offset; a rotated (new inode) or truncated
-    file is read from its start."""
+    """A saved or syslog file, from the cursor's byte offset; a rotated (new inode), truncated, or
+    truncated and grown again (the bytes before the offset changed) file is read from its start."""
     with open(path, "rb") as fh:
         st = os.fstat(fh.fileno())
-        offset, line = 0, 0
-        if cursor and cursor.get("source") == "file" and cursor.get("inode") == st.st_ino \
-                and cursor.get("offset", 0) <= st.st_size:
-            offset, line = cursor["offset"], cursor.get("line", 0)
+        offset, line = _file_resume(fh, st, cursor)
         fh.seek(offset)
         data = fh.read()
-    end = data.rfind(b"\n") + 1            # a partial last line waits for the next scan
+        end = data.rfind(b"\n") + 1        # a partial last line waits for the next scan
+        fh.seek(max(0, offset + end - _TAIL))
+        tail = fh.read(min(_TAIL, offset + end))
     text = data[:end].decode("utf-8", "replace")
     return LogChunk(text, {"source": "file", "inode": st.st_ino, "offset": offset + end,
-                           "line": line + text.count("\n")}, first_line=line + 1)
+                           "tail": zlib.crc32(tail), "line": line + text.count("\n")}, first_line=line + 1)
+
+
+def _file_resume(fh: Any, st: os.stat_result, cursor: Optional[Dict[str, Any]]) -> Tuple[int, int]:
+    """(byte offset, line number) to resume a file at: the cursor's while it is the same file
+    and has not been cut short, else the start."""
+    if not cursor or cursor.get("source") != "file" or cursor.get("inode") != st.st_ino:
+        return 0, 0
+    offset = cursor.get("offset", 0)
+    if offset > st.st_size:
+        return 0, 0
+    if "tail" in cursor:
+        size = min(_TAIL, offset)
+        fh.seek(offset - size)
+        if zlib.crc32(fh.read(size)) != cursor["tail"]:
+            return 0, 0
+    return offset, cursor.get("line", 0)
 
 
 def since_line(text: str, cursor: Optional[Dict[str, Any]], source: str) -> LogChunk:
-    """Sources without a cursor of their own (dmesg output, a simulated log): skip the lines
-    already seen, by count."""
-    seen = cursor.get("line", 0) if cursor and cursor.get("source") == source else 0
+    """Sources without a cursor of their own (dmesg output, a simulated log): resume after the
+    last line already seen, found by its checksum (a full ring buffer drops old lines, so the
+    line count alone would skip new ones); when that line is gone, the lines with a later
+    ``[sec.usec]`` timestamp are new (all lines when the log has no timestamps)."""
     lines = text.splitlines()
-    if seen > len(lines):        # the buffer was cleared or wrapped: read it all
-        seen = 0
-    new = lines[seen:]
-    return LogChunk("\n".join(new) + ("\n" if new else ""), {"source": source, "line": len(lines)},
-                    first_line=seen + 1)
+    prev = cursor if cursor and cursor.get("source") == source else {}
+    start = _resume_index(lines, prev)
+    new = lines[start:]
+    return LogChunk("\n".join(new) + ("\n" if new else ""),
+                    {"source": source, "line": len(lines), "last": _digest(lines[-1]) if lines else None,
+                     "last_time": _last_time(lines) if lines else prev.get("last_time")},
+                    first_line=start + 1)
+
+
+def _digest(line: str) -> str:
+    return hashlib.blake2b(line.encode("utf-8", "replace"), digest_size=8).hexdigest()
+
+
+def _last_time(lines: List[str]) -> Optional[float]:
+    for line in reversed(lines):
+        m = _MONO.match(line)
+        if m:
+            return float(m.group(1))
+    return None
+
+
+def _resume_index(lines: List[str], prev: Dict[str, Any]) -> int:
+    """Index of the first line not seen before in ``lines``."""
+    seen = prev.get("line", 0)
+    if not seen:
+        return 0
+    if "last" not in prev:                  # a cursor written by an older gpuhc: by count
+        return seen if seen <= len(lines) else 0
+    digest = prev["last"]
+    for i in range(min(seen, len(lines)) - 1, -1, -1):     # old lines only move towards the start
+        if _digest(lines[i]) == digest:
+            return i + 1
+    after = prev.get("last_time")
+    if after is None:
+        return 0
+    for i, line in enumerate(lines):
+        m = _MONO.match(line)
+        if m and float(m.group(1)) > after:
+            return i
+    return len(lines)
 
 
 def _imds_instance_type(timeout: float) -> Optional[str]:

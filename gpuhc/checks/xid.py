@@ -5,6 +5,11 @@ directory, so no event is missed between two runs however chatty the log is, and
 event keeps its finding until the node reboots (new boot id), the GPU reports a completed
 reset (Xid 154 recovery action back to None), or an operator acknowledges it
 (`gpuhc ack`).
+
+A log file source (``kernel_log: /var/log/kern.log``) outlives a reboot: its byte cursor is
+kept across boots (only the events start over), and on the first scan of a boot the lines
+whose own date is before the boot time (/proc/stat btime) are not new events. Lines that
+carry only seconds since boot cannot be placed and are counted.
 """
 from __future__ import annotations
 
@@ -35,10 +40,13 @@ def acknowledge(state_dir: str, node: str, xid: Optional[int] = None, pci_bus_id
 def gather(ctx: Context) -> Dict[str, Any]:
     boot = ctx.host.boot_id()
     state = dict(ctx.previous_state(NAME))
-    if state.get("boot_id") != boot:
-        state = {"boot_id": boot, "cursor": None, "events": []}
+    new_boot = state.get("boot_id") != boot
+    if new_boot:
+        state = {"boot_id": boot, "cursor": _file_cursor(state.get("cursor")), "events": []}
     chunk = ctx.host.kernel_log_since(state.get("cursor"))
     new = X.scan(chunk.text, chunk.first_line)
+    if new_boot and chunk.cursor.get("source") == "file":
+        new = _this_boot(ctx, new)
     state["events"] = X.merge(state.get("events", []), new, time.time())
     if any(X.active(e) for e in state["events"]):
         acked = ctx.ack_time()            # an operator's `gpuhc resume --force`, from the store
@@ -61,6 +69,21 @@ def gather(ctx: Context) -> Dict[str, Any]:
                                    overrides={int(k): v for k, v in (xcfg.get("overrides") or {}).items()},
                                    sxid_overrides={int(k): v for k, v in (xcfg.get("sxid_overrides") or {}).items()}),
     }
+
+
+def _file_cursor(cursor: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The part of a cursor that survives a reboot: a log file's position (the kernel's own
+    sources, /dev/kmsg and the journal of this boot, start over)."""
+    return cursor if cursor and cursor.get("source") == "file" else None
+
+
+def _this_boot(ctx: Context, events: List[X.XidEvent]) -> List[X.XidEvent]:
+    """Events of a log file without those its timestamps place before this boot."""
+    booted = ctx.host.boot_time()
+    if booted is None:
+        return events
+    now = time.time()
+    return [ev for ev in events if not X.logged_before(ev, booted, now)]
 
 
 def _mig_modes(ctx: Context, events: List[dict], gpus: Dict[str, Any]) -> Dict[str, bool]:
