@@ -84,6 +84,22 @@ def suite_for(cfg: Dict[str, Any], context: str, env: Dict[str, str],
     return cfg["epilog"]["failure_suite"]
 
 
+def job_gpus(env: Dict[str, str]) -> Optional[set]:
+    """The job's GPU ids on this node from SLURM_JOB_GPUS ("0,1,4" or "0-3,6"); None when unset or
+    unreadable (then every GPU counts as the job's)."""
+    raw = (env.get("SLURM_JOB_GPUS") or "").strip()
+    if not raw:
+        return None
+    out = set()
+    try:
+        for part in raw.split(","):
+            low, _, high = part.strip().partition("-")
+            out.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        return None
+    return out
+
+
 @dataclass
 class Outcome:
     report: Report
@@ -128,6 +144,8 @@ def kill_leftovers(ctx: Any) -> List[Any]:
         return []
     out = []
     for ref in ctx.healthy_gpus():
+        if not ctx.job_owns(ref.index):       # another job's GPU on a shared node
+            continue
         try:
             procs = ctx.gpu.processes(ref.index)
         except GpuError:
@@ -209,7 +227,7 @@ def run_context(cfg: Dict[str, Any], context: str, node: Optional[str] = None, s
     slurm = slurm_backend(cfg, deadline)
     suite = suite_for(cfg, context, env, slurm)
     report, _, ctx = session.run(cfg, context, suite=suite, node=node, simulate=simulate,
-                                 job_id=env.get("SLURM_JOB_ID"))
+                                 job_id=env.get("SLURM_JOB_ID"), job_gpus=job_gpus(env))
     if context == EPILOG and cfg["epilog"]["kill_leftover_processes"]:
         report.findings.extend(kill_leftovers(ctx))
     action = decide_and_act(cfg, report, slurm, deadline)

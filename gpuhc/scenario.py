@@ -193,6 +193,7 @@ def load(name_or_path: str, node: Optional[str] = None) -> Scenario:
         ident.setdefault("uuid", _fake_uuid(seed, i))
         ident.setdefault("serial", "16549%05d" % (int(hashlib.sha1(seed.encode()).hexdigest()[:4], 16) * 8 + i))
         ident.setdefault("pci_bus_id", bus_ids[i] if bus_ids else "0000:%02x:00.0" % (0x10 + 0x10 * i))
+        ident.setdefault("minor_number", i)
         gpu["identity"] = ident
         gpus.append(gpu)
     for key in overrides:

@@ -89,7 +89,7 @@ def _ack_time(cfg: Dict[str, Any], node: str) -> Optional[float]:
 
 def run(cfg: Dict[str, Any], context: str, suite: Optional[str] = None, checks: Sequence[str] = (),
         node: Optional[str] = None, simulate: Optional[str] = None,
-        job_id: Optional[str] = None) -> Tuple[Report, P.Detection, Context]:
+        job_id: Optional[str] = None, job_gpus: Optional[set] = None) -> Tuple[Report, P.Detection, Context]:
     """One health-check run; raises GpuhcError on bad input (config, profile, scenario)."""
     node = node_name(node)
     profiles = P.load(cfg.get("profiles"))
@@ -101,7 +101,7 @@ def run(cfg: Dict[str, Any], context: str, suite: Optional[str] = None, checks: 
         names = suite_checks(cfg, suite)
     gpu, host = open_backends(cfg, node, simulate)
     ctx = Context(node=node, context=context, gpu=gpu, host=host, config=cfg,
-                  job_id=job_id or os.environ.get("SLURM_JOB_ID"))
+                  job_id=job_id or os.environ.get("SLURM_JOB_ID"), job_gpus=job_gpus)
     ctx.ack_time = lambda: _ack_time(cfg, node)
     runner = Runner(ctx, detector(cfg, profiles))
     report = runner.run(names, C.checks_budget(cfg, context), suite=suite)

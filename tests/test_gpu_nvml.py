@@ -97,6 +97,9 @@ class HealthyNode:
     def nvmlDeviceGetArchitecture(self, h):
         return N.NVML_DEVICE_ARCH_HOPPER
 
+    def nvmlDeviceGetMinorNumber(self, h):
+        return 7 - h[1]          # /dev/nvidiaN in the reverse of NVML's order
+
     # memory
     def nvmlDeviceGetEccMode(self, h):
         return [N.NVML_FEATURE_ENABLED, N.NVML_FEATURE_ENABLED]
@@ -273,7 +276,7 @@ def test_every_call_on_fake(backend, fake):
         "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-00000001-aaaa-bbbb-cccc-dddddddddddd",
         "serial": "1654220000001", "pci_bus_id": "0000:3c:00.0",
         "board_part_number": "692-2G520-0200-000", "vbios": "96.00.74.00.01",
-        "architecture": "hopper"}
+        "architecture": "hopper", "minor_number": 6}
     assert backend.ecc(0) == {
         "enabled": True, "pending": True,
         "volatile": {"corrected": 0, "uncorrected": 0},

@@ -66,7 +66,7 @@ class GpuError(Exception):
 CALLS = {
     "driver_version": "str",
     "device_count": "int",
-    "identity": "{name, uuid, serial, pci_bus_id, board_part_number, vbios, architecture}",
+    "identity": "{name, uuid, serial, pci_bus_id, board_part_number, vbios, architecture, minor_number}",
     "ecc": "{enabled, pending, volatile: {corrected, uncorrected}, aggregate: {corrected, uncorrected,"
            " uncorrected_sram, uncorrected_dram}}",
     "retired_pages": "{single_bit, double_bit, pending}",

@@ -321,6 +321,7 @@ class NvmlBackend(GpuBackend):
             "board_part_number": _text(self._opt("nvmlDeviceGetBoardPartNumber", h)),
             "vbios": _text(self._opt("nvmlDeviceGetVbiosVersion", h)),
             "architecture": arch,
+            "minor_number": self._opt("nvmlDeviceGetMinorNumber", h),     # /dev/nvidiaN: Slurm's GPU id
         }
 
     def _ecc(self, i: int) -> Dict[str, Any]:

@@ -14,7 +14,7 @@ error is reported once, the same way, by every check.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from ..backends import gpu as G
 from ..backends.gpu import GpuBackend, GpuError
@@ -30,6 +30,7 @@ class Inventory:
     gpus: List[GpuRef] = field(default_factory=list)
     names: Dict[int, str] = field(default_factory=dict)
     serials: Dict[int, Optional[str]] = field(default_factory=dict)
+    minors: Dict[int, Optional[int]] = field(default_factory=dict)   # /dev/nvidiaN numbers (Slurm's GPU ids)
     errors: Dict[int, GpuError] = field(default_factory=dict)   # per-GPU identity failures
     error: Optional[GpuError] = None                             # node-wide failure
 
@@ -55,6 +56,16 @@ class Context:
     # when an operator last acknowledged this node's findings (gpuhc resume --force); asked only
     # by a check that has something to clear, since it reads shared storage
     ack_time: Callable[[], Optional[float]] = lambda: None
+    # the GPUs of the job this run belongs to (SLURM_JOB_GPUS: device minor numbers); None when
+    # not known (no job, no GPU gres): every GPU is then taken as the job's
+    job_gpus: Optional[Set[int]] = None
+
+    def job_owns(self, index: int) -> bool:
+        """Whether the GPU at NVML index ``index`` is this run's job's (True when not known)."""
+        if self.job_gpus is None:
+            return True
+        minor = self.inventory.minors.get(index) if self.inventory is not None else None
+        return (index if minor is None else minor) in self.job_gpus
 
     def previous_state(self, check: str) -> Dict[str, Any]:
         value = self.previous.get(check)

@@ -38,6 +38,7 @@ def gather(ctx: Context) -> Inventory:
         inv.gpus.append(GpuRef(i, ident.get("uuid"), ident.get("pci_bus_id")))
         inv.names[i] = ident.get("name") or ""
         inv.serials[i] = ident.get("serial")
+        inv.minors[i] = ident.get("minor_number")
     return inv
 
 

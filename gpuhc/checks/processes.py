@@ -1,4 +1,7 @@
-"""processes: compute processes on the GPUs when no job should own them (prolog, epilog)."""
+"""processes: compute processes on the GPUs when no job should own them (prolog, epilog).
+
+On a node shared by several jobs, only the GPUs of the job the prolog or epilog runs for
+(SLURM_JOB_GPUS) can hold leftovers: processes on the other GPUs belong to other jobs."""
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -13,16 +16,21 @@ UNOWNED = ("prolog", "epilog", "sweep", "quarantine")
 
 
 def gather(ctx: Context) -> Dict[str, Any]:
-    return {"gpus": per_gpu(ctx, ctx.gpu.processes), "context": ctx.context}
+    others = [ref.index for ref in ctx.healthy_gpus() if not ctx.job_owns(ref.index)]
+    return {"gpus": per_gpu(ctx, ctx.gpu.processes), "context": ctx.context, "other_jobs": others}
 
 
 def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
     unowned = data.get("context") in UNOWNED
+    others = set(data.get("other_jobs") or ())
 
     def one(gpu: GpuRef, procs: List[Dict[str, Any]]) -> List[Finding]:
         if not procs:
             return []
         desc = ", ".join("%s[%s]" % (p.get("name") or "?", p.get("pid")) for p in procs[:4])
+        if unowned and gpu.index in others:
+            return [Finding(NAME, Severity.PASS, "%d compute process(es) of another job: %s" % (len(procs), desc),
+                            gpu=gpu, metrics={"processes": len(procs)})]
         if unowned:
             return [Finding(NAME, Severity.MONITOR, "%d leftover compute process(es): %s" % (len(procs), desc), gpu=gpu,
                             metrics={"processes": len(procs)}, remediation="kill the leftover processes")]
