@@ -7,6 +7,7 @@ Families (gauges; one sample per node unless said):
   ISOLATE 4 (the model's ranks: alert on ``>= 2``, and on ``== -1`` for checks that could not run).
 - ``gpuhc_last_check_timestamp_seconds{node,context}``, ``gpuhc_last_check_duration_seconds{node}``.
 - ``gpuhc_findings{node,severity}``: findings of the newest report by severity (every severity, 0 too).
+- ``gpuhc_xid_events{node,gpu,device,xid,severity}``: how often each active Xid (or SXid) was logged.
 - ``gpuhc_metric_<check>_<name>{node,gpu,device}``: the numbers findings carry (ECC counts, NVLink
   errors, temperatures, ...); ``gpu`` is the GPU index, ``device`` a non-GPU device, "" when none.
   Where several findings of a check carry the same metric for the same GPU, the most severe wins.
@@ -108,6 +109,13 @@ def _add_report(fam: _Families, node: str, report: Report) -> None:
         if not f.metrics:
             continue
         labels = "%s,%s,%s" % (n, _label("gpu", str(f.gpu.index) if f.gpu else ""), _label("device", f.device or ""))
+        if f.check == "xid" and isinstance(f.metrics.get("xid"), int):
+            # one sample per Xid number and GPU: several Xids on one GPU must not share a label set
+            fam.add("gpuhc_xid_events", "Active Xid/SXid events of the node's newest report, by GPU (device for "
+                    "an NVSwitch), Xid number and severity", "%s,%s,%s" % (labels, _label("xid", str(f.metrics["xid"])),
+                                                                        _label("severity", f.severity.value)),
+                    f.metrics.get("count", 1))
+            continue
         for metric, value in sorted(f.metrics.items()):
             if isinstance(value, (int, float)):
                 name = _name("gpuhc_metric", f.check, metric)

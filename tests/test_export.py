@@ -92,6 +92,24 @@ def test_labels_are_escaped_and_duplicates_keep_the_most_severe(stored):
     assert checks[(("check", "nvlink"), ("node", 'odd"node'))] == 2
 
 
+def test_each_xid_on_a_gpu_is_its_own_series(stored):
+    """Several Xids on one GPU (a 13 burst, then a 79): one sample each, by Xid number."""
+    _, reports = stored
+    rep = copy.deepcopy(reports["gpu-001"])
+    rep.findings = [
+        Finding("xid", Severity.MONITOR, "Xid 13 on GPU3", gpu=GpuRef(3), metrics={"xid": 13, "count": 40}),
+        Finding("xid", Severity.REBOOT, "Xid 79 on GPU3", gpu=GpuRef(3), metrics={"xid": 79, "count": 1}),
+        Finding("xid", Severity.MONITOR, "SXid 20034", device="nvswitch0", metrics={"xid": 20034, "count": 2}),
+    ]
+    fams = families(prometheus_text({"gpu-001": rep}))
+    assert samples(fams, "gpuhc_xid_events") == {
+        (("device", ""), ("gpu", "3"), ("node", "gpu-001"), ("severity", "MONITOR"), ("xid", "13")): 40.0,
+        (("device", ""), ("gpu", "3"), ("node", "gpu-001"), ("severity", "REBOOT"), ("xid", "79")): 1.0,
+        (("device", "nvswitch0"), ("gpu", ""), ("node", "gpu-001"), ("severity", "MONITOR"), ("xid", "20034")): 2.0,
+    }
+    assert not any(name.startswith("gpuhc_metric_xid") for name in fams)
+
+
 def test_empty_store_exports_nothing(make_cfg):
     assert export_prometheus(make_cfg()) == ""
 
