@@ -27,11 +27,24 @@ def log(line: str) -> None:
 
 def slurm_backend(cfg: Dict[str, Any], deadline: Optional[float] = None) -> Optional[SlurmCli]:
     """The Slurm backend, or None where it is turned off or Slurm is not configured on this host.
-    With ``deadline`` (time.monotonic()), no Slurm command runs past it."""
-    if cfg["slurm"]["backend"] == "none":
+    With ``deadline`` (time.monotonic()), no Slurm command runs past it. ``slurm.backend``: cli,
+    pyslurm (the CLI with a warning where pyslurm is missing or built for another Slurm), auto
+    (pyslurm where usable, quietly), none. pyslurm is imported only for pyslurm and auto."""
+    choice = cfg["slurm"]["backend"]
+    if choice == "none":
         return None
     slurm = SlurmCli(timeout=float(cfg["slurm"]["timeout"]), deadline=deadline)
-    return slurm if slurm.available() else None
+    if not slurm.available():
+        return None
+    if choice in ("pyslurm", "auto"):
+        from .backends.slurm_pyslurm import SlurmPyslurm
+
+        fast = SlurmPyslurm(timeout=slurm.timeout, deadline=deadline)
+        if fast.available():
+            return fast  # type: ignore[return-value]   # same interface as SlurmCli
+        if choice == "pyslurm":
+            log("warning: slurm.backend pyslurm not usable (%s): using the command-line tools" % fast.why_not)
+    return slurm
 
 
 def _left(deadline: Optional[float]) -> Optional[float]:

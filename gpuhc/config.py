@@ -90,7 +90,9 @@ def defaults() -> Dict[str, Any]:
         "status": {"stale_after": 86400},
         # limits the checks apply (NVIDIA's guidance where it gives one)
         "thresholds": dict(THRESHOLDS),
-        # Slurm: backend "cli" (scontrol/sinfo) or "none"; dry_run records what would be drained
+        # Slurm: backend "cli" (scontrol/sinfo), "pyslurm" (when it matches the installed Slurm, else
+        # the CLI with a warning), "auto" (pyslurm when it matches, else the CLI) or "none";
+        # dry_run records what would be drained
         "slurm": {"backend": "cli", "timeout": 5.0, "dry_run": False, "comment_monitor": True},
         # stop draining past this share of a partition (or the cluster) drained by gpuhc within window s
         "breaker": {"enabled": True, "max_fraction": 0.1, "max_nodes": None, "window": 86400.0},
@@ -152,7 +154,8 @@ SCHEMA: Dict[str, Any] = {
     "history": {"max_records": int, "max_age_days": NUM},
     "status": {"stale_after": NUM},
     "thresholds": {k: NUM for k in THRESHOLDS},
-    "slurm": {"backend": _Choice("cli", "none"), "timeout": NUM, "dry_run": bool, "comment_monitor": bool},
+    "slurm": {"backend": _Choice("cli", "pyslurm", "auto", "none"), "timeout": NUM, "dry_run": bool,
+              "comment_monitor": bool},
     "breaker": {"enabled": bool, "max_fraction": NUM, "max_nodes": (int, type(None)), "window": NUM},
     "resume": {"auto": bool, "passes": int, "suite_depth": _MapOf(int)},
     "epilog": {"failure_suite": str, "kill_leftover_processes": bool},

@@ -9,7 +9,6 @@ checks are skipped instead of queueing behind it.
 """
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -19,12 +18,9 @@ from . import localstate
 from . import profiles as P
 from .backends.gpu import GpuError
 from .checks.base import Context, gpu_error_finding, state_file
+from .bounded import Overtime, call_within
 from .errors import ConfigError
 from .model import Finding, GpuRef, Report, Severity
-
-
-class _Timeout(Exception):
-    pass
 
 
 def suite_checks(cfg: dict, suite: str) -> List[str]:
@@ -40,26 +36,6 @@ def validate_names(names: Sequence[str], where: str) -> List[str]:
         if name not in known:
             raise ConfigError("%s[%d]: unknown check %r (known: %s)" % (where, n, name, ", ".join(known)))
     return list(names)
-
-
-def bounded(fn: Callable[[], Any], timeout: float) -> Any:
-    """fn() in a daemon thread; raises _Timeout if it has not returned within ``timeout`` seconds."""
-    box: dict = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:   # re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="gpuhc-check", daemon=True)
-    thread.start()
-    thread.join(max(timeout, 0.0))
-    if thread.is_alive():
-        raise _Timeout()
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 class Runner:
@@ -93,8 +69,8 @@ class Runner:
             return [Finding(name, Severity.ERROR, "not run: the run's time budget was used up")], None
         timeout = min(C.check_timeout(self.ctx.config, name), remaining)
         try:
-            data = bounded(lambda: module.gather(self.ctx), timeout)
-        except _Timeout:
+            data = call_within(lambda: module.gather(self.ctx), timeout, "gpuhc-check")
+        except Overtime:
             return [self._hang_finding(name, timeout)], None
         except GpuError as err:
             return [gpu_error_finding(name, err, profile=self.ctx.profile)], None
@@ -138,8 +114,8 @@ class Runner:
         module = catalogue.load("nvml")
         timeout = min(C.check_timeout(self.ctx.config, "nvml"), max(deadline - time.monotonic(), 0))
         try:
-            return [], bounded(lambda: module.gather(self.ctx), timeout)
-        except _Timeout:
+            return [], call_within(lambda: module.gather(self.ctx), timeout, "gpuhc-check")
+        except Overtime:
             return [self._hang_finding("nvml", timeout)], None
         except Exception as exc:
             return [Finding("nvml", Severity.ERROR, "inventory failed: %s: %s" % (type(exc).__name__, exc))], None

@@ -37,6 +37,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from .bounded import Overtime, call_within
 from .errors import GpuhcError
 from .model import SCHEMA_VERSION, Report, Severity
 
@@ -244,12 +245,10 @@ class _Job:
 
 def bounded(fn: Callable[[], Any], timeout: float, what: str) -> Any:
     """fn() with a time limit; StoreError when it has not returned in time (hung mount)."""
-    job = _Job(lambda _job: fn(), "gpuhc-store-read")
-    if not job.settled.wait(max(timeout, 0.0)):
-        raise StoreError("%s: no answer within %g s (hung or slow mount?)" % (what, timeout))
-    if job.error is not None:
-        raise job.error
-    return job.value
+    try:
+        return call_within(fn, timeout, "gpuhc-store-read")
+    except Overtime:
+        raise StoreError("%s: no answer within %g s (hung or slow mount?)" % (what, timeout)) from None
 
 
 # ---------------------------------------------------------------------------------------------
