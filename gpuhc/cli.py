@@ -291,6 +291,29 @@ _context_command("healthcheck", "Slurm HealthCheckProgram: non-invasive checks; 
 
 @main.command()
 @common_options
+@click.option("--node", metavar="NAME", help="Node name (default $SLURMD_NODENAME).")
+@click.option("--gpu", "gpus", multiple=True, metavar="INDEX|BUS_ID",
+              help="A GPU to reset (repeatable). Default: the GPUs with an active Xid event.")
+@click.option("--all", "every", is_flag=True, help="Every GPU NVML lists.")
+@click.option("--force", is_flag=True, help="Reset even while Slurm shows jobs on the node, or cannot say.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def reset(ctx: click.Context, node: Optional[str], gpus: List[str], every: bool, force: bool, as_json: bool) -> None:
+    """Reset GPUs (nvidia-smi --gpu-reset) on a node without jobs; the Xids a reset resolves stop counting."""
+    from . import reset as R
+    from .output import table
+
+    rows = R.reset(load_config(ctx), node=node, simulate=_state(ctx).get("simulate"), wanted=gpus,
+                   every=every, force=force)
+    if as_json:
+        emit_json([{"gpu": r.gpu, "pci_bus_id": r.pci_bus_id, "result": r.result, "detail": r.detail} for r in rows])
+    else:
+        click.echo(table([(r.gpu, r.pci_bus_id, r.result, r.detail) for r in rows], ["GPU", "PCI", "RESULT", "DETAIL"]))
+    ctx.exit(0 if all(r.result == "reset" for r in rows) else 1)
+
+
+@main.command()
+@common_options
 @click.argument("nodelist")
 @click.option("--force", is_flag=True, help="Resume any gpuhc drain now and acknowledge the findings that caused it.")
 @click.option("--json", "as_json", is_flag=True)

@@ -85,6 +85,7 @@ def defaults() -> Dict[str, Any]:
             # of each context's budget, the seconds kept back from the checks for acting on the
             # result (Slurm queries and updates, the store write): the budget bounds the whole run
             "act": 3.0,
+            "reset": 120.0,     # one `nvidia-smi --gpu-reset` (gpuhc reset)
         },
         "history": {"max_records": 1000, "max_age_days": 90},
         "status": {"stale_after": 86400},
@@ -150,6 +151,7 @@ SCHEMA: Dict[str, Any] = {
         "store": NUM,
         "store_read": NUM,
         "act": NUM,
+        "reset": NUM,
     },
     "history": {"max_records": int, "max_age_days": NUM},
     "status": {"stale_after": NUM},

@@ -322,6 +322,7 @@ def merge(records: List[dict], new: List[XidEvent], now: float = 0.0) -> List[di
         else:
             old["count"] += ev.count
             old["acked"] = old["cleared"] = False
+            old.pop("reset", None)
             old["seen"] = now
             old["time"] = ev.time or old.get("time")
     return out
@@ -336,5 +337,17 @@ def acknowledge(records: List[dict], xid: Optional[int] = None, pci_bus_id: Opti
         if active(r) and (xid is None or r["xid"] == xid) and (pci_bus_id is None or r["pci_bus_id"] == pci_bus_id) \
                 and (before is None or r.get("seen", 0.0) <= before):
             r["acked"] = True
+            n += 1
+    return n
+
+
+def mark_reset(records: List[dict], pci_bus_id: str, when: float) -> int:
+    """A successful reset of the GPU at ``pci_bus_id`` at ``when``: its active records seen before
+    then are marked ``reset``; the check no longer reports those a reset resolves (RESET and
+    below), and a recurrence makes a record plain again. Returns how many were marked."""
+    n = 0
+    for r in records:
+        if active(r) and r["pci_bus_id"] == pci_bus_id and r.get("seen", 0.0) <= when:
+            r["reset"] = when
             n += 1
     return n

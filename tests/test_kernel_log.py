@@ -253,6 +253,9 @@ def test_since_line_cursor():
     assert since_line("a\nb\nb\n", c2.cursor, "sim:other").text == "a\nb\nb\n"   # another source
     assert since_line("x\ny\n", c2.cursor, "sim:x").text == "x\ny\n"              # no timestamps: all new
     assert since_line("", c2.cursor, "sim:x").cursor["line"] == 0
+    dated = since_line("[ 5.0] a\n[ 11.8] b\n", None, "sim:x").cursor
+    assert since_line("x\ny\n", dated, "sim:x").text == "x\ny\n"     # the old lines had dates, these none
+    assert since_line("[ 3.0] x\n[ 12.0] y\nz\n", dated, "sim:x").text == "[ 12.0] y\nz\n"
     legacy = {"source": "dmesg", "line": 1}                   # a cursor of an older gpuhc: by count
     assert since_line("a\nb\n", legacy, "dmesg").text == "b\n"
 

@@ -355,3 +355,36 @@ def test_slurmd_runs_the_wrapper_as_health_check_program(slurm_cluster, tmp_path
     finally:
         cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_gpu_reset_refused_under_a_job_then_passes_return_the_node(site):
+    """An Xid that a reset resolves appears during a job: `gpuhc reset` refuses while the job runs;
+    the healthcheck drains; once the node is idle the reset goes ahead and the following healthy
+    passes return the node to service."""
+    s = site(resume={"passes": 2})
+    s.only("gpu-003")
+    job = s.cluster.sbatch("#!/bin/sh\necho started\nsleep 30\n", nodelist="gpu-003")
+    out = s.cluster.path("jobs", "slurm-%d.out" % job)
+    deadline = time.monotonic() + 60
+    while not (os.path.exists(out) and "started" in open(out).read()):
+        assert time.monotonic() < deadline, s.cluster.job(job)
+        time.sleep(0.25)
+    s.scenario("gpu-003", "extends: h100-healthy\nkernel_log:\n"
+               "  - '[ 9000.1] NVRM: Xid (PCI:0000:ab:00): 48, pid=1, name=p, An uncorrectable double bit error (DBE)'\n")
+    res = s.gpuhc("reset", node="gpu-003")
+    assert res.returncode == 1 and "refused" in res.stdout and "MIXED" in res.stdout, res.stdout + res.stderr
+    s.gpuhc("healthcheck", node="gpu-003", check=True)
+    assert s.wait_drained("gpu-003").startswith("gpuhc: RESET xid: Xid 48 on GPU5 0000:ab:00.0")
+    s.cluster.run(["scancel", str(job)])
+    s.cluster.wait_job(job, timeout=60)
+    deadline = time.monotonic() + 30
+    while {"ALLOCATED", "MIXED", "COMPLETING"} & set(s.state("gpu-003")[0]):
+        assert time.monotonic() < deadline, s.state("gpu-003")
+        time.sleep(0.25)
+    res = s.gpuhc("reset", node="gpu-003")
+    assert res.returncode == 0 and "0000:ab:00.0" in res.stdout and " reset " in res.stdout, res.stdout + res.stderr
+    s.gpuhc("healthcheck", node="gpu-003", check=True)
+    assert drained(s.state("gpu-003")[0])                      # 1 of 2 passes
+    s.gpuhc("healthcheck", node="gpu-003", check=True)
+    assert not drained(s.state("gpu-003")[0]), s.state("gpu-003")
+    s.release("gpu-003")

@@ -308,11 +308,14 @@ def _resume_index(lines: List[str], prev: Dict[str, Any]) -> int:
     after = prev.get("last_time")
     if after is None:
         return 0
+    dated = False
     for i, line in enumerate(lines):
         m = _MONO.match(line)
-        if m and float(m.group(1)) > after:
-            return i
-    return len(lines)
+        if m:
+            dated = True
+            if float(m.group(1)) > after:
+                return i
+    return len(lines) if dated else 0       # no timestamps at all: nothing places them, all are new
 
 
 def _imds_instance_type(timeout: float) -> Optional[str]:

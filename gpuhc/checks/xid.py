@@ -3,8 +3,8 @@
 The log is read incrementally from a cursor kept per node and per boot in the local state
 directory, so no event is missed between two runs however chatty the log is, and an
 event keeps its finding until the node reboots (new boot id), the GPU reports a completed
-reset (Xid 154 recovery action back to None), or an operator acknowledges it
-(`gpuhc ack`).
+reset (Xid 154 recovery action back to None, or `gpuhc reset` succeeded on that GPU: events a
+reset resolves stop, REBOOT and ISOLATE ones stay), or an operator acknowledges it (`gpuhc ack`).
 
 A log file source (``kernel_log: /var/log/kern.log``) outlives a reboot: its byte cursor is
 kept across boots (only the events start over), and on the first scan of a boot the lines
@@ -35,6 +35,24 @@ def acknowledge(state_dir: str, node: str, xid: Optional[int] = None, pci_bus_id
     if n and not localstate.write(state_dir, name, states):
         raise OSError("cannot write the Xid state in %s" % state_dir)
     return n
+
+
+def mark_reset(state_dir: str, node: str, pci_bus_id: str, when: float) -> int:
+    """A successful reset of one GPU (`gpuhc reset`): its events seen before ``when`` are marked
+    reset (xid.mark_reset). Returns how many; OSError when the state cannot be written."""
+    name = state_file(node)
+    states = localstate.read(state_dir, name) or {}
+    events = (states.get(NAME) or {}).get("events", [])
+    n = X.mark_reset(events, normalize_bus_id(pci_bus_id) or pci_bus_id, when)
+    if n and not localstate.write(state_dir, name, states):
+        raise OSError("cannot write the Xid state in %s" % state_dir)
+    return n
+
+
+def active_gpus(state_dir: str, node: str) -> List[str]:
+    """PCI bus ids of the GPUs with an active Xid event not yet marked reset (NVSwitch SXids excluded)."""
+    events = ((localstate.read(state_dir, state_file(node)) or {}).get(NAME) or {}).get("events", [])
+    return sorted({e["pci_bus_id"] for e in events if e["kind"] == "xid" and X.active(e) and not e.get("reset")})
 
 
 def gather(ctx: Context) -> Dict[str, Any]:
@@ -124,14 +142,18 @@ def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
     out: List[Finding] = []
     events = [X.event_from_record(rec) for rec in data["events"]]
     switch_cause = _nvswitch_cause(events)
-    for ev in events:
+    for rec, ev in zip(data["events"], events):
         severity, resolution, desc = X.classify(ev, data["conditions"])
+        if rec.get("reset") and Severity.parse(severity).rank <= Severity.RESET.rank:
+            continue            # `gpuhc reset` of this GPU after the event resolved it
         ref = data["gpus"].get(ev.pci_bus_id)
         label = "Xid" if ev.kind == "xid" else "SXid"
         where = ("GPU%d " % ref.index if ref is not None else "") + ev.pci_bus_id
         text = "%s %d on %s: %s" % (label, ev.xid, where, ev.message or desc)
         if ev.count > 1:
             text += " (x%d)" % ev.count
+        if rec.get("reset"):
+            text += "; the GPU reset since does not clear a %s event" % severity
         if ev.kind == "xid" and ev.xid == 74 and switch_cause:
             text += switch_cause
             resolution += ", check the NVSwitch and fabric manager first"

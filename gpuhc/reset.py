@@ -1,0 +1,110 @@
+"""`gpuhc reset`: reset GPUs with the driver's own tool on a node that runs no job, and tell the
+xid check.
+
+NVIDIA's Xid catalog asks for a GPU reset after the RESET-tier Xids (48, 119, 120, ...). The reset
+is ``nvidia-smi --gpu-reset -i BUS_ID``; the driver refuses it while any process holds the GPU
+(persistence daemon, DCGM, and on NVSwitch systems the fabric manager count, and some systems can
+only reset all GPUs together). gpuhc refuses too while Slurm has a job on the node (ALLOCATED,
+MIXED or COMPLETING) or cannot say, unless ``--force``. After a reset that succeeded, the Xid events
+of that GPU seen before it are marked reset in the node's local state: the xid check no longer
+reports those a reset resolves (RESET and below) and keeps REBOOT and ISOLATE ones. A drained node
+then returns to service the usual way: resume.passes healthy runs, or `gpuhc resume`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+from . import session
+from .backends.gpu import normalize_bus_id
+from .checks import xid as xid_check
+from .errors import GpuhcError
+
+BUSY = ("ALLOCATED", "MIXED", "COMPLETING")
+
+
+@dataclass
+class Row:
+    gpu: str            # NVML index, or "-" when NVML cannot list it
+    pci_bus_id: str
+    result: str         # reset | failed | refused
+    detail: str
+
+
+def choose(wanted: Sequence[str], every: bool, listed: Dict[str, int], with_xids: Sequence[str]) -> List[str]:
+    """The bus ids to reset: --gpu values (NVML index or PCI bus id), --all, or by default the
+    GPUs with an active Xid event."""
+    if every:
+        if not listed:
+            raise GpuhcError("--all: NVML lists no GPU here; name them by PCI bus id with --gpu")
+        return sorted(listed, key=listed.get)
+    if not wanted:
+        if not with_xids:
+            raise GpuhcError("no GPU has an active Xid event: name the GPUs with --gpu, or use --all")
+        return list(with_xids)
+    by_index = {str(i): bus for bus, i in listed.items()}
+    out: List[str] = []
+    for value in wanted:
+        text = value.strip()
+        if text.isdigit():
+            if text not in by_index:
+                raise GpuhcError("--gpu %s: no GPU with that index (NVML lists %d)" % (text, len(listed)))
+            bus = by_index[text]
+        elif ":" in text:
+            bus = normalize_bus_id(text) or text
+        else:
+            raise GpuhcError("--gpu %r: expected an NVML index or a PCI bus id like 0000:5d:00.0" % value)
+        if bus not in out:
+            out.append(bus)
+    return out
+
+
+def busy(cfg: Dict[str, Any], node: str) -> Optional[str]:
+    """Why resetting now would hurt a job (or cannot be known); None when the node runs none."""
+    from . import actions
+    from .backends.slurm_cli import SlurmError
+
+    slurm = actions.slurm_backend(cfg)
+    if slurm is None:
+        return None         # no Slurm here: nothing to ask
+    try:
+        view = slurm.node(node)
+    except SlurmError as exc:
+        return "Slurm cannot say whether %s runs a job (%s)" % (node, exc)
+    if view is None:
+        return None         # not a Slurm node
+    running = sorted(view.states & set(BUSY))
+    if running:
+        return "Slurm shows %s %s: drain it and wait for its jobs to end" % (node, "+".join(running))
+    return None
+
+
+def reset(cfg: Dict[str, Any], node: Optional[str] = None, simulate: Optional[str] = None,
+          wanted: Sequence[str] = (), every: bool = False, force: bool = False) -> List[Row]:
+    node = session.node_name(node)
+    # bring the Xid state up to date first (events logged up to now are the ones a reset resolves),
+    # and learn the GPUs' indexes; session.run closes its NVML handle, which must not hold the GPU
+    _, _, ctx = session.run(cfg, "check", checks=["xid"], node=node, simulate=simulate)
+    listed = {normalize_bus_id(ref.pci_bus_id): ref.index
+              for ref in (ctx.inventory.gpus if ctx.inventory else []) if ref.pci_bus_id}
+    targets = choose(wanted, every, listed, xid_check.active_gpus(cfg["state_dir"], node))
+    index = {bus: str(listed[bus]) if bus in listed else "-" for bus in targets}
+    why = None if force else busy(cfg, node)
+    if why:
+        return [Row(index[bus], bus, "refused", why + " (--force resets anyway)") for bus in targets]
+    rows = []
+    for bus in targets:
+        res = ctx.host.run(["nvidia-smi", "--gpu-reset", "-i", bus], timeout=float(cfg["timeouts"]["reset"]))
+        said = (res.stdout.strip() or res.stderr.strip()).splitlines()
+        detail = said[-1] if said else "exit %d" % res.rc
+        if not res.ok:
+            rows.append(Row(index[bus], bus, "failed", detail))
+            continue
+        try:
+            n = xid_check.mark_reset(cfg["state_dir"], node, bus, time.time())
+        except OSError as exc:
+            rows.append(Row(index[bus], bus, "reset", "%s; but %s" % (detail, exc)))
+            continue
+        rows.append(Row(index[bus], bus, "reset", "%s; %d Xid event(s) marked reset" % (detail, n)))
+    return rows

@@ -1,0 +1,126 @@
+"""gpuhc reset: the driver's GPU reset on a node without jobs, and the Xid events it resolves."""
+import json
+
+import pytest
+
+from gpuhc import reset as R
+from gpuhc import session
+from gpuhc.backends.slurm_cli import NodeView, SlurmError
+from gpuhc.errors import GpuhcError
+
+from conftest import gpuhc
+
+X48 = "  - 'NVRM: Xid (PCI:0000:ab:00): 48, pid=1, name=p, An uncorrectable double bit error (DBE)'\n"
+X79 = "  - 'NVRM: Xid (PCI:0000:18:00): 79, pid=1, name=p, GPU has fallen off the bus.'\n"
+
+
+@pytest.fixture
+def node(tmp_path, make_cfg):
+    """A simulated H100 node whose log has Xid 48 on GPU 5 and Xid 79 on GPU 0; Slurm off."""
+    sc = tmp_path / "n.yaml"
+
+    def write(log, extra=""):
+        sc.write_text("extends: h100-healthy\n%skernel_log:\n%s" % (extra, log))
+
+    write(X48 + X79)
+    cfg = make_cfg(simulate=str(sc), slurm={"backend": "none"})
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text("store: %s\nstate_dir: %s\nsimulate: %s\nslurm: {backend: none}\n"
+                        "detect: {slurm_features: false, cloud_metadata: false}\n"
+                        % (cfg["store"], cfg["state_dir"], sc))
+
+    def xids():
+        report, _, _ = session.run(cfg, "check", checks=["xid"], node="gpu-020")
+        return sorted((f.metrics.get("xid"), f.severity.value) for f in report.findings if f.check == "xid")
+
+    def cli(*args):
+        return gpuhc("reset", "--node", "gpu-020", *args, env={"GPUHC_CONFIG": str(cfg_file)})
+
+    return type("Node", (), {"cfg": cfg, "write": staticmethod(write), "xids": staticmethod(xids),
+                             "cli": staticmethod(cli)})
+
+
+def test_reset_clears_what_a_reset_resolves_and_keeps_a_reboot(node):
+    assert node.xids() == [(48, "RESET"), (79, "REBOOT")]
+    res = node.cli("--json")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert [(r["gpu"], r["pci_bus_id"], r["result"]) for r in rows] == [("0", "0000:18:00.0", "reset"),
+                                                                       ("5", "0000:ab:00.0", "reset")]
+    assert "1 Xid event(s) marked reset" in rows[1]["detail"]
+    assert node.xids() == [(79, "REBOOT")]               # a reset does not fix a GPU off the bus
+    report, _, _ = session.run(node.cfg, "check", checks=["xid"], node="gpu-020")
+    assert "reset since does not clear a REBOOT event" in [f for f in report.findings if f.check == "xid"][0].message
+    node.write(X48 + X79 + X48)                          # the fault comes back after the reset
+    assert node.xids() == [(48, "RESET"), (79, "REBOOT")]
+
+
+def test_only_the_named_gpu_is_reset(node):
+    res = node.cli("--gpu", "5")
+    assert res.returncode == 0 and "0000:ab:00.0" in res.stdout and "0000:18:00.0" not in res.stdout
+    assert node.xids() == [(79, "REBOOT")]
+
+
+def test_a_reset_the_driver_refuses_changes_nothing(node):
+    node.write(X48, extra="commands:\n  'nvidia-smi --gpu-reset -i *': {rc: 255, stdout: "
+                          "'The following GPUs could not be reset:\\n  GPU 00000000:AB:00.0: In use by another client\\n'}\n")
+    res = node.cli("--gpu", "0000:AB:00.0")
+    assert res.returncode == 1 and "failed" in res.stdout and "In use by another client" in res.stdout
+    assert node.xids() == [(48, "RESET")]
+
+
+def test_a_hung_reset_is_cut_at_its_timeout(node, tmp_path):
+    node.write(X48, extra="commands:\n  'nvidia-smi --gpu-reset -i *': {hang: 30}\n")
+    cfg = dict(node.cfg, timeouts=dict(node.cfg["timeouts"], reset=0.5))
+    rows = R.reset(cfg, node="gpu-020")
+    assert [(r.result, "timed out" in r.detail) for r in rows] == [("failed", True)]
+
+
+def test_usage_errors_are_one_line(node):
+    node.write("  - '[ 1.0] NVRM: loading NVIDIA'\n")
+    res = node.cli()
+    assert res.returncode == 2 and "no GPU has an active Xid event" in res.stderr and "Traceback" not in res.stderr
+    res = node.cli("--gpu", "12")
+    assert res.returncode == 2 and "--gpu 12: no GPU with that index (NVML lists 8)" in res.stderr
+    res = node.cli("--gpu", "first")
+    assert res.returncode == 2 and "expected an NVML index or a PCI bus id" in res.stderr
+    res = node.cli("--all")
+    assert res.returncode == 0 and res.stdout.count(" reset ") == 8
+
+
+class FakeSlurm:
+    def __init__(self, states=None, error=None):
+        self.states, self.error = states, error
+
+    def node(self, name):
+        if self.error:
+            raise SlurmError(self.error)
+        return NodeView(name=name, states=set(self.states))
+
+
+@pytest.mark.parametrize("fake, refused", [
+    (FakeSlurm({"ALLOCATED"}), "Slurm shows gpu-020 ALLOCATED"),
+    (FakeSlurm({"MIXED", "DRAIN"}), "Slurm shows gpu-020 MIXED"),
+    (FakeSlurm({"IDLE", "COMPLETING"}), "COMPLETING"),
+    (FakeSlurm(error="sinfo: timed out after 5s"), "Slurm cannot say whether gpu-020 runs a job"),
+    (FakeSlurm({"IDLE", "DRAIN"}), None),
+])
+def test_no_reset_under_a_job(node, monkeypatch, fake, refused):
+    from gpuhc import actions
+    monkeypatch.setattr(actions, "slurm_backend", lambda cfg, deadline=None: fake)
+    rows = R.reset(node.cfg, node="gpu-020", wanted=["5"])
+    if refused:
+        assert rows[0].result == "refused" and refused in rows[0].detail and "--force" in rows[0].detail
+        assert node.xids() == [(48, "RESET"), (79, "REBOOT")]
+        rows = R.reset(node.cfg, node="gpu-020", wanted=["5"], force=True)
+    assert rows[0].result == "reset"
+    assert node.xids() == [(79, "REBOOT")]
+
+
+def test_choose():
+    listed = {"0000:18:00.0": 0, "0000:ab:00.0": 5}
+    assert R.choose(["5", "0000:AB:00.0", "00000000:18:00.0"], False, listed, []) == ["0000:ab:00.0", "0000:18:00.0"]
+    assert R.choose([], False, {}, ["0000:3b:00.0"]) == ["0000:3b:00.0"]     # off the bus: by bus id
+    assert R.choose([], True, listed, []) == ["0000:18:00.0", "0000:ab:00.0"]
+    with pytest.raises(GpuhcError):
+        R.choose([], True, {}, [])
