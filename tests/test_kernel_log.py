@@ -278,6 +278,24 @@ def test_file_cursor_rotation_and_truncation(tmp_path):
     log.write_text("[4.0] " + XID79 + "\n")
     chunk = H._read_file_since(str(log), cursor)
     assert (chunk.first_line, [e.xid for e in X.scan(chunk.text)]) == (1, [79])
+    # rotated after more lines were written to the old file: those are read first, then the new file
+    with open(log, "a") as fh:
+        fh.write("[4.5] " + XID79)                          # its last line, never finished
+    os.rename(tmp_path / "kern.log.1", tmp_path / "kern.log.2")
+    os.rename(log, tmp_path / "kern.log.1")
+    log.write_text("[5.0] " + XID48 + "\n[5.5] " + XID79 + "\n")
+    (tmp_path / "kern.log.2.gz").write_bytes(b"\x1f\x8b")
+    rotated = H._read_file_since(str(log), chunk.cursor)
+    assert [e.xid for e in X.scan(rotated.text)] == [79, 48, 79]    # .1's last line, then the new file
+    assert rotated.text.startswith("[4.5] ")
+    assert rotated.first_line == 2 and rotated.cursor["line"] == 2
+    assert H._read_file_since(str(log), rotated.cursor).text == ""
+    (tmp_path / "kern.log.1").write_text("[9.0] rewritten\n")      # the old file is gone: nothing to add
+    log.unlink()
+    log.write_text("[10.0] " + XID48 + "\n")
+    assert [e.xid for e in X.scan(H._read_file_since(str(log), rotated.cursor).text)] == [48]
+    log.write_text("[4.0] " + XID79 + "\n")
+    chunk = H._read_file_since(str(log), None)
     # truncated (copytruncate): smaller than the cursor
     with open(log, "r+") as fh:
         fh.truncate(0)

@@ -237,7 +237,9 @@ _TAIL = 64      # bytes before a file cursor that the cursor remembers (a checks
 
 def _read_file_since(path: str, cursor: Optional[Dict[str, Any]]) -> LogChunk:
     """A saved or syslog file, from the cursor's byte offset; a rotated (new inode), truncated, or
-    truncated and grown again (the bytes before the offset changed) file is read from its start."""
+    truncated and grown again (the bytes before the offset changed) file is read from its start.
+    After a rotation, the lines the old file got after the cursor (it lives on as kern.log.1 or
+    kern.log-DATE) are read first, so nothing logged between the last scan and the rotation is lost."""
     with open(path, "rb") as fh:
         st = os.fstat(fh.fileno())
         offset, line = _file_resume(fh, st, cursor)
@@ -247,8 +249,45 @@ def _read_file_since(path: str, cursor: Optional[Dict[str, Any]]) -> LogChunk:
         fh.seek(max(0, offset + end - _TAIL))
         tail = fh.read(min(_TAIL, offset + end))
     text = data[:end].decode("utf-8", "replace")
-    return LogChunk(text, {"source": "file", "inode": st.st_ino, "offset": offset + end,
-                           "tail": zlib.crc32(tail), "line": line + text.count("\n")}, first_line=line + 1)
+    first = line + 1
+    rest = _rotated_rest(path, cursor, st.st_ino) if offset == 0 else ""
+    if rest:
+        first = cursor.get("line", 0) + 1 if cursor else 1
+    return LogChunk(rest + text, {"source": "file", "inode": st.st_ino, "offset": offset + end,
+                                  "tail": zlib.crc32(tail), "line": line + text.count("\n")}, first_line=first)
+
+
+_PACKED = (".gz", ".xz", ".bz2", ".zst")
+
+
+def _rotated_rest(path: str, cursor: Optional[Dict[str, Any]], current: int) -> str:
+    """What the file the cursor points into got after the cursor, when that file is no longer
+    ``path`` (renamed by logrotate to path.1 or path-DATE in the same directory); '' otherwise."""
+    if not cursor or cursor.get("source") != "file" or cursor.get("inode") in (None, current):
+        return ""
+    folder, base = os.path.split(path)
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return ""
+    for name in names:
+        if name == base or not name.startswith(base) or name.endswith(_PACKED):
+            continue
+        try:
+            with open(os.path.join(folder, name), "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if st.st_ino != cursor["inode"]:
+                    continue
+                offset, _ = _file_resume(fh, st, cursor)
+                if offset != cursor.get("offset", 0):
+                    return ""           # cut short or rewritten: the place is lost
+                fh.seek(offset)
+                data = fh.read()
+        except OSError:
+            continue
+        text = data.decode("utf-8", "replace")
+        return text if not text or text.endswith("\n") else text + "\n"   # it will not grow again
+    return ""
 
 
 def _file_resume(fh: Any, st: os.stat_result, cursor: Optional[Dict[str, Any]]) -> Tuple[int, int]:
