@@ -177,7 +177,9 @@ def load(name_or_path: str, node: Optional[str] = None) -> Scenario:
     bus_ids = data.get("pci_bus_ids") or []
     if bus_ids and len(bus_ids) < count:
         raise fail("pci_bus_ids: %d given for %d GPUs" % (len(bus_ids), count))
-    seed = "%s/%s" % (name, node or node_info.get("hostname") or "")
+    # a node keeps its boards whichever scenario it runs (a fault scenario is the same hardware);
+    # without a node name the scenario's name tells the boards apart
+    seed = node or node_info.get("hostname") or name
     gpus = []
     for i in range(count):
         over = overrides.get(i, overrides.get(str(i), {})) or {}

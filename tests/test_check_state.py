@@ -64,3 +64,20 @@ def test_idle_pcie_generation_is_not_a_fault(run_scenario, tmp_path):
     report = run_scenario(str(sc), checks=["pcie"])
     bad = [f for f in report.findings if f.severity.value != "PASS"]
     assert [(f.gpu.index, f.severity.value) for f in bad] == [(1, "RESET")] and "gen3 under load" in bad[0].message
+
+
+def test_a_swapped_board_shows_once_in_history(tmp_path, make_cfg):
+    """The board (UUID, serial) at each PCI address is kept between runs: a replaced GPU is a
+    MONITOR finding on the run that first sees it, and only that run."""
+    sc = tmp_path / "node.yaml"
+    cfg = make_cfg(simulate=str(sc))
+    swapped = "gpus: {3: {identity: {uuid: GPU-5e0c-new, serial: '1654923000123'}}}\n"
+    seen = []
+    for text in ("", "", swapped, swapped, ""):
+        sc.write_text("extends: h100-healthy\n" + text)
+        report, _, _ = session.run(cfg, "check", checks=["gpu_count"], node="gpu-006")
+        seen.append([(f.severity.value, f.message) for f in report.findings if f.check == "gpu_count"])
+    assert [s[0][0] for s in seen] == ["PASS", "PASS", "MONITOR", "PASS", "MONITOR"]
+    assert "GPU3 0000:5d:00.0 is another board since the last run" in seen[2][0][1]
+    assert "-> serial 1654923000123 (GPU-5e0c-new)" in seen[2][0][1]
+    assert "(GPU-5e0c-new) -> serial" in seen[4][0][1]          # the old board back again

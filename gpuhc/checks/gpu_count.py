@@ -1,4 +1,6 @@
-"""gpu_count: GPUs NVML lists against the profile and against the NVIDIA GPUs on PCI (sysfs)."""
+"""gpu_count: GPUs NVML lists against the profile and against the NVIDIA GPUs on PCI (sysfs); and
+which board sits at each PCI address (UUID and serial, kept between runs), so a swapped GPU shows
+up once in the node's history."""
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -12,10 +14,16 @@ NEEDS_GPU = True
 
 def gather(ctx: Context) -> Dict[str, Any]:
     inv = ctx.inventory
+    boards = {ref.pci_bus_id: {"uuid": ref.uuid, "serial": inv.serials.get(ref.index), "index": ref.index}
+              for ref in inv.gpus if ref.pci_bus_id and ref.uuid}
+    previous = ctx.previous_state(NAME).get("boards") or {}
     return {
         "nvml": [(ref.index, ref.pci_bus_id) for ref in inv.gpus],
         "names": [inv.names.get(ref.index, "") for ref in inv.gpus],
         "pci": ctx.host.pci_nvidia_gpus(),
+        "boards": boards,
+        "previous": previous,
+        "_state": {"boards": dict(previous, **boards)},   # a GPU missing this run keeps its last board
     }
 
 
@@ -42,7 +50,23 @@ def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
         if wrong:
             out.append(Finding(NAME, Severity.MONITOR, "GPU model %s is not the profile's %s" % (", ".join(wrong), profile.model),
                                remediation="check the instance profile for this node"))
+    out.extend(_swapped(data.get("boards") or {}, data.get("previous") or {}))
     if not out:
         out.append(Finding(NAME, Severity.PASS, "%d GPUs in NVML, %d on PCI" % (count, len(pci)),
                            metrics={"gpus": count, "pci_gpus": len(pci)}))
+    return out
+
+
+def _swapped(boards: Dict[str, Dict[str, Any]], previous: Dict[str, Dict[str, Any]]) -> List[Finding]:
+    """A MONITOR finding for each PCI address whose board (UUID) differs from the last run's."""
+    out = []
+    for bus, now in sorted(boards.items()):
+        before = previous.get(bus)
+        if not isinstance(before, dict) or not before.get("uuid") or before["uuid"] == now["uuid"]:
+            continue
+        out.append(Finding(NAME, Severity.MONITOR, "GPU%d %s is another board since the last run: serial %s (%s) -> "
+                           "serial %s (%s)" % (now["index"], bus, before.get("serial") or "?", before["uuid"],
+                                               now.get("serial") or "?", now["uuid"]),
+                           device=bus, metrics={"gpu": now["index"]},
+                           remediation="a replaced GPU: confirm the swap was planned; its error counters start over"))
     return out
