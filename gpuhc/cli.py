@@ -164,7 +164,7 @@ def xid(source: str, as_json: bool, gpu_name: str, strict: bool) -> None:
     from .output import table
 
     if source == "-":
-        lines = sys.stdin.read().splitlines()
+        lines = sys.stdin.buffer.read().decode("utf-8", "replace").splitlines()
     else:
         try:
             with open(source, errors="replace") as fh:
@@ -191,7 +191,11 @@ def ack(ctx: click.Context, node: Optional[str], xid_number: Optional[int], pci_
     from . import session
     from .checks.xid import acknowledge
 
+    from .backends.gpu import parse_bus_id
+
     cfg = load_config(ctx)
+    if pci_bus_id is not None and parse_bus_id(pci_bus_id) is None:
+        raise GpuhcError("--gpu %r: expected a PCI bus id like 0000:5d:00.0" % pci_bus_id)
     n = acknowledge(cfg["state_dir"], session.node_name(node), xid_number, pci_bus_id)
     click.echo("acknowledged %d Xid event(s)" % n)
 

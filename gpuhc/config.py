@@ -6,11 +6,12 @@ The loaded file is deep-merged over the defaults, so a file only says what diffe
 from __future__ import annotations
 
 import copy
+import math
 import os
 from typing import Any, Dict, Optional
 
 from .errors import ConfigError
-from .yamlio import parse_yaml
+from .yamlio import parse_yaml, read_text
 
 DEFAULT_PATH = "/etc/gpuhc/config.yaml"
 
@@ -111,8 +112,11 @@ def defaults() -> Dict[str, Any]:
 
 
 class _MapOf:
-    def __init__(self, spec: Any) -> None:
+    """A mapping whose values all follow ``spec``; ``keys``: the allowed keys (a tuple, or a
+    function returning one, so a misspelt key is an error), or ``int`` for integer keys."""
+    def __init__(self, spec: Any, keys: Any = None) -> None:
         self.spec = spec
+        self.keys = keys
 
 
 class _Choice:
@@ -126,6 +130,13 @@ class _ListOf:
 
 
 NUM = (int, float)
+CONTEXTS = ("prolog", "epilog", "healthcheck", "check", "sweep", "quarantine")
+KERNEL_LOG_SOURCES = ("auto", "kmsg", "journal", "dmesg")
+
+
+def _check_names() -> tuple:
+    from .checks import names
+    return tuple(names())
 TIERS = ("MONITOR", "RESET", "REBOOT", "ISOLATE")
 OPT_STR = (str, type(None))
 
@@ -137,16 +148,17 @@ SCHEMA: Dict[str, Any] = {
     "profile": OPT_STR,
     "kernel_log": str,
     "detect": {"slurm_features": bool, "cloud_metadata": bool, "cloud_timeout": NUM},
-    "dcgm": {"level": int, "levels": _MapOf(int), "timeout": NUM, "required": bool, "exclusive": bool,
+    "dcgm": {"level": int, "levels": _MapOf(int, CONTEXTS), "timeout": NUM, "required": bool, "exclusive": bool,
              "start_hostengine": bool, "overrides": _MapOf(_Choice(*TIERS))},
     "network": {"flap_threshold": NUM, "memlock": bool, "efa_modules": _ListOf(str), "ib_modules": _ListOf(str)},
     "suites": _MapOf(_ListOf(str)),
-    "xid": {"strict": bool, "overrides": _MapOf(_Choice(*TIERS)), "sxid_overrides": _MapOf(_Choice(*TIERS))},
-    "context_suites": _MapOf(str),
+    "xid": {"strict": bool, "overrides": _MapOf(_Choice(*TIERS), int),
+            "sxid_overrides": _MapOf(_Choice(*TIERS), int)},
+    "context_suites": _MapOf(str, CONTEXTS),
     "timeouts": {
         "check": NUM,
-        "checks": _MapOf(NUM),
-        "budget": _MapOf(NUM),
+        "checks": _MapOf(NUM, _check_names),
+        "budget": _MapOf(NUM, CONTEXTS),
         "command": NUM,
         "store": NUM,
         "store_read": NUM,
@@ -198,8 +210,15 @@ def _check(value: Any, spec: Any, path: str, source: str) -> None:
     if isinstance(spec, _MapOf):
         if not isinstance(value, dict):
             raise fail("expected a mapping, got %s" % type(value).__name__)
+        allowed = spec.keys() if callable(spec.keys) and spec.keys is not int else spec.keys
         for key, sub in value.items():
-            _check(sub, spec.spec, "%s.%s" % (path, key), source)
+            where = "%s.%s" % (path, key)
+            if allowed is int:
+                if isinstance(key, bool) or not (isinstance(key, int) or str(key).strip().isdigit()):
+                    raise ConfigError("%s: %s: expected a number as the key, got %r" % (source, where, key))
+            elif allowed is not None and key not in allowed:
+                raise ConfigError("%s: %s: unknown key (known: %s)" % (source, where, ", ".join(allowed)))
+            _check(sub, spec.spec, where, source)
         return
     if isinstance(spec, _Choice):
         if value not in spec.values:
@@ -215,6 +234,8 @@ def _check(value: Any, spec: Any, path: str, source: str) -> None:
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if not ok:
         raise fail("expected %s, got %r" % (_type_name(spec), value))
+    if isinstance(value, float) and not math.isfinite(value):
+        raise fail("expected a finite number, got %r" % value)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         raise fail("must not be negative")
 
@@ -235,23 +256,52 @@ def validate(data: Any, source: str = "config") -> Dict[str, Any]:
     if data is None:
         data = {}
     _check(data, SCHEMA, "", source)
-    return merge(defaults(), data)
+    cfg = merge(defaults(), data)
+    _check_meaning(cfg, data, source)
+    return cfg
+
+
+def _check_meaning(cfg: Dict[str, Any], data: Dict[str, Any], source: str) -> None:
+    """What the types cannot say: names that must exist, numbers in range. Only what the file
+    set is blamed (the defaults are right)."""
+    def fail(path: str, msg: str) -> ConfigError:
+        return ConfigError("%s: %s: %s" % (source, path, msg))
+
+    known = _check_names()
+    for suite, names in (data.get("suites") or {}).items():
+        for n, name in enumerate(names):
+            if name not in known:
+                raise fail("suites.%s[%d]" % (suite, n), "unknown check %r (known: %s)" % (name, ", ".join(known)))
+    suites = cfg["suites"]
+    for context, suite in cfg["context_suites"].items():
+        if suite not in suites:
+            raise fail("context_suites.%s" % context, "unknown suite %r (defined: %s)" % (suite, ", ".join(sorted(suites))))
+    if cfg["epilog"]["failure_suite"] not in suites:
+        raise fail("epilog.failure_suite", "unknown suite %r (defined: %s)"
+                   % (cfg["epilog"]["failure_suite"], ", ".join(sorted(suites))))
+    levels = dict(cfg["dcgm"]["levels"], **{"": cfg["dcgm"]["level"]})
+    for context, level in levels.items():
+        if not 1 <= level <= 4:
+            raise fail("dcgm.levels.%s" % context if context else "dcgm.level", "a DCGM run level is 1 to 4, got %d" % level)
+    source_ = cfg["kernel_log"]
+    if source_ not in KERNEL_LOG_SOURCES and not os.path.isabs(source_):
+        raise fail("kernel_log", "expected %s or the absolute path of a log file, got %r"
+                   % (", ".join(KERNEL_LOG_SOURCES), source_))
+    if cfg["breaker"]["max_fraction"] > 1:
+        raise fail("breaker.max_fraction", "a fraction is 0 to 1, got %r" % cfg["breaker"]["max_fraction"])
+    if cfg["resume"]["passes"] < 1:
+        raise fail("resume.passes", "at least 1 pass is needed, got %d" % cfg["resume"]["passes"])
 
 
 def load(path: Optional[str] = None) -> Dict[str, Any]:
     """The effective configuration. An explicitly named file must exist; the default may not."""
     explicit = path or os.environ.get("GPUHC_CONFIG")
     path = explicit or DEFAULT_PATH
-    try:
-        with open(path) as fh:
-            text = fh.read()
-    except FileNotFoundError:
-        if explicit:
-            raise ConfigError("%s: config file not found" % path) from None
+    if not explicit and not os.path.lexists(path):
         return defaults()
-    except OSError as exc:
-        raise ConfigError("%s: cannot read: %s" % (path, exc.strerror or exc)) from None
-    data = parse_yaml(text, path, ConfigError)
+    if explicit and not os.path.lexists(path):
+        raise ConfigError("%s: config file not found" % path)
+    data = parse_yaml(read_text(path, ConfigError), path, ConfigError)
     cfg = validate(data, path)
     cfg["_path"] = path
     return cfg

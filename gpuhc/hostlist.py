@@ -63,10 +63,39 @@ def fold(names: Iterable[str]) -> str:
     return ",".join(text for _, text in sorted(parts))
 
 
+MAX_NAMES = 1_000_000      # far past any cluster; a typo like gpu-[1-99999999] is refused at once
+_BRACKET = re.compile(r"\[([^\[\]]*)\]")
+_SPAN = re.compile(r"^\s*(\d+)\s*-\s*(\d+)")
+
+
+def _size_at_most(hostlist: str) -> int:
+    """An upper bound on how many names a hostlist has, without expanding it."""
+    total, depth, start = 0, 0, 0
+    segments = []
+    for i, ch in enumerate(hostlist + ","):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth <= 0:
+            segments.append(hostlist[start:i])
+            start = i + 1
+    for segment in segments:
+        count = 1
+        for group in _BRACKET.findall(segment):
+            items = 0
+            for item in group.split(","):
+                m = _SPAN.match(item)
+                items += abs(int(m.group(2)) - int(m.group(1))) + 1 if m else 1
+            count *= items
+        total += count
+    return total
+
+
 def expand(hostlist: str, what: str = "node list") -> List[str]:
     """Every name of a hostlist, in order; a one-line error naming the bad list."""
     from ClusterShell.NodeSet import NodeSet, NodeSetException
 
+    size = _size_at_most(hostlist)
+    if size > MAX_NAMES:
+        raise GpuhcError("%s %r: %d names, more than the %d gpuhc takes" % (what, hostlist, size, MAX_NAMES))
     try:
         return list(NodeSet(hostlist))
     except (NodeSetException, ValueError) as exc:

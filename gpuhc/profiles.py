@@ -1,12 +1,14 @@
 """instance-profiles.conf: per instance type / node class expectations, and profile detection."""
 from __future__ import annotations
 
+import math
 import os
 import shlex
 from dataclasses import dataclass, field, fields
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from .errors import ProfileError
+from .yamlio import read_text
 
 PACKAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "instance-profiles.conf")
 GENERIC = "generic"
@@ -52,11 +54,15 @@ def _int(v: str) -> int:
     n = int(v)
     if n < 0:
         raise ValueError("must not be negative")
+    if n > 1 << 31:
+        raise ValueError("too large")
     return n
 
 
 def _float(v: str) -> float:
     x = float(v)
+    if not math.isfinite(x):
+        raise ValueError("expected a finite number")
     if x < 0:
         raise ValueError("must not be negative")
     return x
@@ -133,12 +139,7 @@ def parse(text: str, path: str = "<string>") -> Dict[str, Profile]:
 
 def load(path: Optional[str] = None) -> Dict[str, Profile]:
     path = path or PACKAGE_FILE
-    try:
-        with open(path) as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise ProfileError("%s: cannot read: %s" % (path, exc.strerror or exc)) from None
-    return parse(text, path)
+    return parse(read_text(path, ProfileError), path)
 
 
 def lookup(profiles: Dict[str, Profile], label: str) -> Optional[Profile]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import session
-from .backends.gpu import normalize_bus_id
+from .backends.gpu import normalize_bus_id, parse_bus_id
 from .checks import xid as xid_check
 from .errors import GpuhcError
 
@@ -32,9 +32,10 @@ class Row:
     detail: str
 
 
-def choose(wanted: Sequence[str], every: bool, listed: Dict[str, int], with_xids: Sequence[str]) -> List[str]:
-    """The bus ids to reset: --gpu values (NVML index or PCI bus id), --all, or by default the
-    GPUs with an active Xid event."""
+def choose(wanted: Sequence[str], every: bool, listed: Dict[str, int], with_xids: Sequence[str],
+           on_pci: Sequence[str] = ()) -> List[str]:
+    """The bus ids to reset: --gpu values (NVML index, or the PCI bus id of a GPU NVML lists or
+    that is on PCI), --all, or by default the GPUs with an active Xid event."""
     if every:
         if not listed:
             raise GpuhcError("--all: NVML lists no GPU here; name them by PCI bus id with --gpu")
@@ -51,10 +52,13 @@ def choose(wanted: Sequence[str], every: bool, listed: Dict[str, int], with_xids
             if text not in by_index:
                 raise GpuhcError("--gpu %s: no GPU with that index (NVML lists %d)" % (text, len(listed)))
             bus = by_index[text]
-        elif ":" in text:
-            bus = normalize_bus_id(text) or text
         else:
-            raise GpuhcError("--gpu %r: expected an NVML index or a PCI bus id like 0000:5d:00.0" % value)
+            bus = parse_bus_id(text)
+            if bus is None:
+                raise GpuhcError("--gpu %r: expected an NVML index or a PCI bus id like 0000:5d:00.0" % value)
+            known = sorted(set(listed) | set(on_pci))
+            if known and bus not in known:
+                raise GpuhcError("--gpu %s: no NVIDIA GPU at that PCI address (here: %s)" % (value, ", ".join(known)))
         if bus not in out:
             out.append(bus)
     return out
@@ -88,7 +92,11 @@ def reset(cfg: Dict[str, Any], node: Optional[str] = None, simulate: Optional[st
     _, _, ctx = session.run(cfg, "check", checks=["xid"], node=node, simulate=simulate)
     listed = {normalize_bus_id(ref.pci_bus_id): ref.index
               for ref in (ctx.inventory.gpus if ctx.inventory else []) if ref.pci_bus_id}
-    targets = choose(wanted, every, listed, xid_check.active_gpus(cfg["state_dir"], node))
+    try:
+        on_pci = [normalize_bus_id(b) for b in ctx.host.pci_nvidia_gpus()]
+    except OSError:
+        on_pci = []
+    targets = choose(wanted, every, listed, xid_check.active_gpus(cfg["state_dir"], node), on_pci)
     index = {bus: str(listed[bus]) if bus in listed else "-" for bus in targets}
     why = None if force else busy(cfg, node)
     if why:

@@ -16,8 +16,17 @@ from .runner import Runner, suite_checks, validate_names
 
 
 def node_name(explicit: Optional[str] = None) -> str:
-    """Slurm's name for this node: --node, then SLURMD_NODENAME; the short hostname only outside Slurm."""
-    return explicit or os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+    """Slurm's name for this node: --node, then SLURMD_NODENAME; the short hostname only outside Slurm.
+    A --node that cannot be a node's name (empty, '/', '..') is a usage error, not a result lost later."""
+    if explicit is not None:
+        from .errors import GpuhcError
+        from .store import StoreError, check_node_name
+
+        try:
+            return check_node_name(explicit)
+        except StoreError as exc:
+            raise GpuhcError("--node: %s" % exc) from None
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
 
 
 def open_backends(cfg: Dict[str, Any], node: str, simulate: Optional[str] = None) -> Tuple[GpuBackend, Host]:

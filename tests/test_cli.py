@@ -93,3 +93,36 @@ def test_scenarios_and_profiles_listings():
     assert {"h100-healthy", "a100-healthy", "a30-healthy", "h100-xid79"} <= names
     res = gpuhc("profiles", "--json")
     assert res.returncode == 0 and any(p["name"] == "p5.48xlarge" for p in json.loads(res.stdout))
+
+
+def test_bad_arguments_are_one_line_usage_errors(tmp_path):
+    """Arguments that cannot name a node, a GPU or a sane node list are refused up front (exit 2),
+    instead of running and losing the result or hanging on a huge expansion."""
+    env = isolated(tmp_path, "slurm: {backend: none}\n")
+    for args, needle in [
+        (["check", "--node", "a/b"], "--node: invalid node name 'a/b'"),
+        (["check", "--node", ""], "--node: invalid node name ''"),
+        (["prolog", "--node", "../x"], "--node: invalid node name"),
+        (["ack", "--gpu", "xyz"], "--gpu 'xyz': expected a PCI bus id"),
+        (["ack", "--node", "a/b"], "--node: invalid node name"),
+        (["reset", "--gpu", "0000:zz:00.0"], "--gpu '0000:zz:00.0': expected an NVML index or a PCI bus id"),
+        (["reset", "--gpu", "0000:ff:00.0"], "--gpu 0000:ff:00.0: no NVIDIA GPU at that PCI address"),
+        (["resume", "gpu-[1-99999999]"], "99999999 names, more than the 1000000 gpuhc takes"),
+        (["status", "-n", "gpu-[1-5000],n[1-1000][1-1000]"], "more than the 1000000"),
+    ]:
+        res = gpuhc("--simulate", "h100-healthy", *args, env=env, timeout=30)
+        assert res.returncode == 2 and needle in res.stderr and len(res.stderr.splitlines()) == 1, (args, res.stderr)
+
+
+def test_xid_reads_stdin_bytes_that_are_not_utf8(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+
+    line = b"[ 5.0] NVRM: Xid (PCI:0000:3b:00): 79, pid=1, name=p\xff\xfe, GPU has fallen off the bus.\n"
+    env = dict(os.environ, PYTHONIOENCODING="utf-8:strict", **isolated(tmp_path))
+    res = subprocess.run([sys.executable, "-m", "gpuhc", "xid", "-", "--json"], input=line, capture_output=True,
+                         env=env, cwd=ROOT, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert [e["xid"] for e in json.loads(res.stdout)] == [79]

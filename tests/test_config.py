@@ -41,6 +41,24 @@ def test_env_variable_names_the_file(tmp_path, monkeypatch):
     ("timeouts: {check: -1}\n", "timeouts.check: must not be negative"),
     ("- a\n- b\n", "expected a mapping"),
     ("store: [unclosed\n", "invalid YAML"),
+    ("timeouts: {store: .inf}\n", "timeouts.store: expected a finite number, got inf"),
+    ("timeouts: {store_read: .nan}\n", "timeouts.store_read: expected a finite number, got nan"),
+    ("timeouts: {check: 7}\nslurm: {}\ntimeouts: {store: 1}\n", ":3: invalid YAML: key 'timeouts' given twice"),
+    ("xid: {overrides: {74: REBOOT, 74: RESET}}\n", "key 74 given twice"),
+    ("xid: {overrides: {abc: REBOOT}}\n", "xid.overrides.abc: expected a number as the key"),
+    ("xid: {sxid_overrides: {x12: REBOOT}}\n", "xid.sxid_overrides.x12: expected a number as the key"),
+    ("timeouts: {budget: {prologue: 5}}\n", "timeouts.budget.prologue: unknown key (known: prolog, epilog"),
+    ("timeouts: {checks: {nosuch: 3}}\n", "timeouts.checks.nosuch: unknown key (known: nvml, gpu_count"),
+    ("context_suites: {prologue: prolog}\n", "context_suites.prologue: unknown key"),
+    ("context_suites: {prolog: nosuch}\n", "context_suites.prolog: unknown suite 'nosuch'"),
+    ("suites: {quick: [xid, nonsense]}\n", "suites.quick[1]: unknown check 'nonsense'"),
+    ("epilog: {failure_suite: deep}\n", "epilog.failure_suite: unknown suite 'deep'"),
+    ("dcgm: {level: 9}\n", "dcgm.level: a DCGM run level is 1 to 4, got 9"),
+    ("dcgm: {levels: {sweep: 0}}\n", "dcgm.levels.sweep: a DCGM run level is 1 to 4, got 0"),
+    ("dcgm: {levels: {swep: 2}}\n", "dcgm.levels.swep: unknown key"),
+    ("kernel_log: bogusmode\n", "kernel_log: expected auto, kmsg, journal, dmesg or the absolute path"),
+    ("breaker: {max_fraction: 10}\n", "breaker.max_fraction: a fraction is 0 to 1"),
+    ("resume: {passes: 0}\n", "resume.passes: at least 1 pass"),
 ])
 def test_bad_config_is_one_line_error_with_path(tmp_path, text, needle):
     path = tmp_path / "c.yaml"
@@ -54,3 +72,19 @@ def test_bad_config_is_one_line_error_with_path(tmp_path, text, needle):
 def test_explicit_missing_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         C.load(str(tmp_path / "missing.yaml"))
+
+
+def test_meaningful_values_pass(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("xid: {overrides: {74: REBOOT, '79': ISOLATE}}\ntimeouts: {checks: {xid: 3}, budget: {sweep: 900}}\n"
+                    "kernel_log: /var/log/kern.log\nsuites: {quick: [nvml, xid]}\ncontext_suites: {check: quick}\n"
+                    "dcgm: {level: 2, levels: {quarantine: 4}}\n")
+    cfg = C.load(str(path))
+    assert cfg["context_suites"]["check"] == "quick" and cfg["dcgm"]["levels"]["quarantine"] == 4
+
+
+def test_non_utf8_config_names_file_and_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"slurm: {dry_run: true}\nstore: /x\xff\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:2: not UTF-8 text \(byte 0xff\)"):
+        C.load(str(path))

@@ -37,6 +37,9 @@ def test_bundled_profiles_cover_the_fleet():
     ("bad gpus=8 gpus=4", "given twice"),
     ("dup gpus=1\ndup gpus=2", "already used"),
     ("x aliases=p5\ny aliases=p5", "already used"),
+    ("bad ib_rate=nan", "expected a finite number"),
+    ("bad memory_gib=inf", "expected a finite number"),
+    ("bad gpus=99999999999999999999999", "too large"),
 ])
 def test_malformed_line_names_file_and_line(tmp_path, line, needle):
     path = tmp_path / "profiles.conf"
@@ -86,3 +89,10 @@ def test_detection_order():
     assert (d.profile.name, d.how) == ("generic", "fallback")
     with pytest.raises(ProfileError, match="'nope'"):
         P.detect(profs, forced="nope")
+
+
+def test_non_utf8_file_names_file_and_line(tmp_path):
+    path = tmp_path / "profiles.conf"
+    path.write_bytes(b"ok gpus=1\nbad model=\"H\xff100\"\n")
+    with pytest.raises(ProfileError, match=r"profiles.conf:2: not UTF-8 text \(byte 0xff\)"):
+        P.load(str(path))

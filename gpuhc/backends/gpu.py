@@ -13,6 +13,7 @@ of queueing behind the stuck one.
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
@@ -217,3 +218,13 @@ def normalize_bus_id(bus_id: Optional[str]) -> Optional[str]:
         devfn += ".0"
     dev, fn = devfn.split(".", 1)
     return "%s:%s:%s.%s" % (domain, bus.rjust(2, "0"), dev.rjust(2, "0"), fn)
+
+
+_BUS_ID = re.compile(r"^([0-9a-f]{1,8}:)?[0-9a-f]{1,2}:[0-9a-f]{1,2}(\.[0-7])?$")
+
+
+def parse_bus_id(text: str) -> Optional[str]:
+    """A PCI bus id typed by an operator (``0000:5d:00.0``, ``00000000:5D:00.0``, ``5d:00.0``),
+    canonical; None when it is not one."""
+    text = (text or "").strip().lower()
+    return normalize_bus_id(text) if _BUS_ID.match(text) else None
