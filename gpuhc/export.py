@@ -18,6 +18,7 @@ import functools
 import math
 import os
 import re
+import stat
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
@@ -141,8 +142,27 @@ def export_prometheus(cfg: Dict, output: Optional[str] = None, nodelist: Optiona
     text = fam.text()
     if not output:
         return text
+    target = output_target(output)
     try:
-        atomic_write(os.path.abspath(output), text.encode())
+        atomic_write(target, text.encode())
     except OSError as exc:
         raise GpuhcError("--output %s: cannot write: %s" % (output, exc.strerror or exc)) from None
     return ""
+
+
+def output_target(output: str) -> str:
+    """The file that ``--output`` names, symlinks resolved (the link is kept, its target replaced);
+    GpuhcError when that exists and is not a regular file: renaming over a device, a FIFO or a
+    directory would replace it, not write to it."""
+    target = os.path.realpath(output)
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return target
+    except OSError as exc:
+        raise GpuhcError("--output %s: cannot write: %s" % (output, exc.strerror or exc)) from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        named = output if target == os.path.abspath(output) else "%s (%s)" % (output, target)
+        raise GpuhcError("--output %s: %s: refused" % (named, what))
+    return target

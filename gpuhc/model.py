@@ -76,6 +76,56 @@ for _severity, _rank in _RANK.items():
     _severity._rank = _rank   # type: ignore[attr-defined]
 
 
+# Times a record may carry (epoch seconds): 1970 to 2242, which time.localtime/gmtime and strftime
+# take on every platform. A record outside (1e20, NaN, a string) is corrupt: readers skip it.
+MIN_TS = 0.0
+MAX_TS = float(2 ** 33)
+
+
+def valid_ts(value: Any) -> bool:
+    """A number (not a bool) within [MIN_TS, MAX_TS): NaN and infinities fail the comparison."""
+    return type(value) in (int, float) and MIN_TS <= value < MAX_TS
+
+
+def _field(d: Any, key: str, types: Any, where: str, default: Any = None, required: bool = False) -> Any:
+    """d[key] checked against ``types`` (a type or a tuple of types; a bool is never an int); the
+    default when an optional field is absent or null. ValueError naming the field when it is of
+    another type, KeyError when a required one is missing."""
+    if not isinstance(d, dict):
+        raise ValueError("%s: expected a JSON object, got %s" % (where or "record", json_repr(d)))
+    value = d.get(key)
+    if value is None:
+        if required:
+            raise KeyError("%s.%s" % (where, key) if where else key)
+        return default
+    allowed = types if isinstance(types, tuple) else (types,)
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        raise ValueError("field %s%s: expected %s, got %s" % (where + "." if where else "", key,
+                                                              _type_names(allowed), json_repr(value)))
+    return value
+
+
+def _type_names(types: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", dict: "an object", list: "a list"}
+    if float in types:
+        types = tuple(t for t in types if t is not int)    # "a number" says both
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def json_repr(value: Any, most: int = 40) -> str:
+    """A short text of a bad value for a warning."""
+    text = repr(value)
+    return text if len(text) <= most else text[:most - 3] + "..."
+
+
+def _time_field(d: Dict[str, Any], key: str, where: str = "") -> float:
+    value = _field(d, key, (int, float), where, required=True)
+    if not valid_ts(value):
+        raise ValueError("field %s%s: %s is not a time between %d and %d" % (where + "." if where else "", key,
+                                                                           json_repr(value), MIN_TS, MAX_TS))
+    return float(value)
+
+
 @dataclass(frozen=True)
 class GpuRef:
     index: int
@@ -86,10 +136,11 @@ class GpuRef:
         return {"index": self.index, "uuid": self.uuid, "pci_bus_id": self.pci_bus_id}
 
     @classmethod
-    def from_dict(cls, d: Optional[Dict[str, Any]]) -> Optional["GpuRef"]:
+    def from_dict(cls, d: Optional[Dict[str, Any]], where: str = "gpu") -> Optional["GpuRef"]:
         if d is None:
             return None
-        return cls(int(d["index"]), d.get("uuid"), d.get("pci_bus_id"))
+        return cls(_field(d, "index", int, where, required=True), _field(d, "uuid", str, where),
+                   _field(d, "pci_bus_id", str, where))
 
 
 @dataclass
@@ -114,11 +165,27 @@ class Finding:
         }
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "Finding":
-        severity = _BY_VALUE.get(d["severity"]) or Severity.parse(d["severity"])
-        gpu = d.get("gpu")
-        return cls(d["check"], severity, d.get("message", ""), GpuRef.from_dict(gpu) if gpu is not None else None,
-                   d.get("device"), d.get("remediation", ""), dict(d.get("metrics") or {}))
+    def from_dict(cls, d: Dict[str, Any], where: str = "finding") -> "Finding":
+        """ValueError (or KeyError) naming the field when a field is missing or of the wrong type."""
+        if type(d) is dict:        # the fast path: a finding as to_dict() wrote it (a fleet has millions)
+            check, text, message, gpu = d.get("check"), d.get("severity"), d.get("message", ""), d.get("gpu")
+            device, remediation, metrics = d.get("device"), d.get("remediation", ""), d.get("metrics")
+            ref: Optional[GpuRef] = None
+            if type(gpu) is dict:
+                index, uuid, bus = gpu.get("index"), gpu.get("uuid"), gpu.get("pci_bus_id")
+                if type(index) is int and (uuid is None or type(uuid) is str) and (bus is None or type(bus) is str):
+                    ref = GpuRef(index, uuid, bus)
+            if type(check) is str and type(text) is str and type(message) is str and type(remediation) is str \
+                    and (device is None or type(device) is str) and (metrics is None or type(metrics) is dict) \
+                    and (gpu is None or ref is not None):
+                return cls(check, _BY_VALUE.get(text) or Severity.parse(text), message, ref, device, remediation,
+                           dict(metrics) if metrics else {})
+        text = _field(d, "severity", str, where, required=True)
+        severity = _BY_VALUE.get(text) or Severity.parse(text)
+        gpu = _field(d, "gpu", dict, where)
+        return cls(_field(d, "check", str, where, required=True), severity, _field(d, "message", str, where, "") or "",
+                   GpuRef.from_dict(gpu, where + ".gpu") if gpu is not None else None, _field(d, "device", str, where),
+                   _field(d, "remediation", str, where, "") or "", dict(_field(d, "metrics", dict, where) or {}))
 
     def where(self) -> str:
         """Short location: 'GPU3', a device name, or ''."""
@@ -212,22 +279,29 @@ class Report:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Report":
-        version = int(d.get("schema_version", 0))
-        if version < 1 or version > SCHEMA_VERSION:
-            raise ValueError("unsupported schema_version %r" % d.get("schema_version"))
-        started = float(d["started_ts"])
+        """The report of a record; ValueError (or KeyError) naming the field when a field is missing, of
+        the wrong type, or a time out of range (a reader then skips the record)."""
+        version = d.get("schema_version", 0) if isinstance(d, dict) else None
+        if type(version) is not int or version < 1 or version > SCHEMA_VERSION:
+            raise ValueError("unsupported schema_version %s" % json_repr(version))
+        started = _time_field(d, "started_ts")
+        duration = _field(d, "duration_s", (int, float), "", 0.0) or 0.0
+        if not (-MAX_TS < duration < MAX_TS):
+            raise ValueError("field duration_s: %s is not a duration" % json_repr(duration))
+        job_id = _field(d, "job_id", (str, int), "")
+        findings = _field(d, "findings", list, "", []) or []
         return cls(
-            node=d["node"],
-            context=d["context"],
-            profile=d.get("profile", ""),
+            node=_field(d, "node", str, "", required=True),
+            context=_field(d, "context", str, "", required=True),
+            profile=_field(d, "profile", str, "", "") or "",
             started=started,
-            ended=started + float(d.get("duration_s", 0.0)),
-            findings=[Finding.from_dict(f) for f in d.get("findings", [])],
-            job_id=d.get("job_id"),
-            boot_id=d.get("boot_id"),
-            suite=d.get("suite"),
-            gpus=list(d.get("gpus") or []),
-            gpuhc_version=d.get("gpuhc_version", ""),
+            ended=started + float(duration),
+            findings=[Finding.from_dict(f, "findings[%d]" % n) for n, f in enumerate(findings)],
+            job_id=str(job_id) if job_id is not None else None,
+            boot_id=_field(d, "boot_id", str, ""),
+            suite=_field(d, "suite", str, ""),
+            gpus=list(_field(d, "gpus", list, "", []) or []),
+            gpuhc_version=_field(d, "gpuhc_version", str, "", "") or "",
             schema_version=version,
-            action=d.get("action"),
+            action=_field(d, "action", str, ""),
         )

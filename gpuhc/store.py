@@ -33,13 +33,14 @@ import json
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .bounded import Overtime, call_within
 from .errors import GpuhcError
-from .model import SCHEMA_VERSION, Report, Severity
+from .model import SCHEMA_VERSION, Report, Severity, json_repr, valid_ts
 
 log = logging.getLogger("gpuhc.store")
 
@@ -78,6 +79,57 @@ def summarize(report: Report) -> Dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "node": report.node, "started_ts": round(report.started, 3),
             "context": report.context, "job_id": report.job_id, "profile": report.profile,
             "overall": overall.value, "action": report.action, "top": top}
+
+
+_SEVERITIES = frozenset(s.value for s in Severity)
+_OPTIONAL_TEXT = {"node": str, "context": str, "job_id": (str, int), "profile": str, "action": str}
+
+
+def summary_problem(summary: Any) -> Optional[str]:
+    """What is wrong with a parsed summary.json (a field missing, of the wrong type, a time out of
+    range), or None when every reader can trust it. The one check of a summary, for readers and writer."""
+    if not isinstance(summary, dict):
+        return "not a JSON object"
+    for key in ("overall", "started_ts"):
+        if key not in summary:
+            return "missing field %s" % key
+    overall = summary["overall"]
+    if not isinstance(overall, str) or overall not in _SEVERITIES:
+        return "field overall: %s is not a severity" % json_repr(overall)
+    if not valid_ts(summary["started_ts"]):
+        return "field started_ts: %s is not a time" % json_repr(summary["started_ts"])
+    for key, types in _OPTIONAL_TEXT.items():
+        value = summary.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            return "field %s: %s is not a string" % (key, json_repr(value))
+    top = summary.get("top")
+    if top is not None:
+        if not isinstance(top, dict):
+            return "field top: %s is not an object" % json_repr(top)
+        for key in ("check", "severity", "where", "message"):
+            if top.get(key) is not None and not isinstance(top[key], str):
+                return "field top.%s: %s is not a string" % (key, json_repr(top[key]))
+    history = summary.get("history")
+    if history is not None:
+        if not isinstance(history, dict):
+            return "field history: %s is not an object" % json_repr(history)
+        count, oldest = history.get("count"), history.get("oldest_ts")
+        if count is not None and (type(count) is not int or count < 0):
+            return "field history.count: %s is not a count" % json_repr(count)
+        if oldest is not None and not (valid_ts(oldest)):
+            return "field history.oldest_ts: %s is not a time" % json_repr(oldest)
+    return None
+
+
+def _summary(summary: Optional[Dict[str, Any]], path: str) -> Optional[Dict[str, Any]]:
+    """The summary, or None with a warning naming the file when it cannot be trusted."""
+    if summary is None:
+        return None
+    problem = summary_problem(summary)
+    if problem is not None:
+        log.warning("%s: skipped a bad summary: %s", path, problem)
+        return None
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +221,7 @@ def _parse(data: bytes, where: str) -> Optional[Dict[str, Any]]:
         if not isinstance(value, dict):
             raise ValueError("not a JSON object")
         return value
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:     # RecursionError: nested too deep
         log.warning("%s: skipped a corrupt record: %s", where, exc)
         return None
 
@@ -177,7 +229,7 @@ def _parse(data: bytes, where: str) -> Optional[Dict[str, Any]]:
 def _report(record: Dict[str, Any], where: str) -> Optional[Report]:
     try:
         return Report.from_dict(record)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
         missing = "missing field %s" % exc if isinstance(exc, KeyError) else str(exc)
         log.warning("%s: skipped a record: %s", where, missing)
         return None
@@ -349,11 +401,15 @@ class Store:
             os.fsync(fd)
         finally:
             os.close(fd)
-        current = self._summary_file(directory)
+        current = self._summary_file(directory)       # None when missing, unreadable or bad: rebuilt
         count, oldest = _history_stats(current, empty_before=size == 0)
         history = {"count": count + 1 if count is not None else None,
                    "oldest_ts": min(oldest, report.started) if oldest is not None else None}
-        if current is None or report.started >= float(current.get("started_ts", 0)):
+        if current is None and size > 0:
+            # no summary to compare with: latest.json says whether this record is the newest
+            newest = self._latest_file(directory)
+            current = summarize(newest) if newest is not None else None
+        if current is None or report.started >= float(current["started_ts"]):
             atomic_write(os.path.join(directory, LATEST), line)
             current = summarize(report)
         current["history"] = history
@@ -362,9 +418,11 @@ class Store:
             _fsync_dir(directory)
 
     def _summary_file(self, directory: str) -> Optional[Dict[str, Any]]:
+        """The node's summary; None (with a warning) when it is missing, unreadable or bad: the
+        writer then rebuilds it rather than failing every write of the node."""
         path = os.path.join(directory, SUMMARY)
-        data = _read(path)
-        return _parse(data, path) if data is not None else None
+        data = _read_or_warn(path)
+        return _summary(_parse(data, path), path) if data else None
 
     # ---- spool ----
 
@@ -398,14 +456,24 @@ class Store:
     def _flush_spool(self) -> int:
         written = 0
         for node, path in self.spooled():
-            data = _read(path)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:  # another process flushed it
+                continue
+            if not stat.S_ISREG(st.st_mode):       # a directory, a link...: never a record
+                _set_aside(path, "not a regular file")
+                continue
+            try:
+                data = _read(path)
+            except OSError as exc:     # this one stays; the others, and the caller's write, go on
+                log.warning("%s: left in the spool: cannot read: %s", path, _describe(exc))
+                continue
             if data is None:          # another process flushed it
                 continue
             record = _parse(data, path)
             report = _report(record, path) if record is not None else None
             if report is None or report.node != node or not data.endswith(b"\n"):
-                os.replace(path, path + ".corrupt")
-                log.warning("%s: unreadable spooled record set aside as %s.corrupt", path, path)
+                _set_aside(path, "unreadable spooled record")
                 continue
             try:
                 directory = self._node_dir(node, create=True)
@@ -453,7 +521,7 @@ class Store:
                     continue
                 total += 1
                 record = _parse(line, "%s:%d" % (path, n))
-                if record is not None and isinstance(record.get("started_ts"), (int, float)):
+                if record is not None and valid_ts(record.get("started_ts")):
                     records.append((float(record["started_ts"]), n, line))
             if self.max_age > 0:
                 records = [r for r in records if r[0] >= now - self.max_age]
@@ -495,11 +563,15 @@ class Store:
     def latest(self, node: str) -> Optional[Report]:
         return self._bounded_read(lambda: self._latest(self._node_dir(node)))
 
-    def _latest(self, directory: str) -> Optional[Report]:
+    def _latest_file(self, directory: str) -> Optional[Report]:
+        """The report of latest.json; None (with a warning) when missing, unreadable or bad."""
         path = os.path.join(directory, LATEST)
         data = _read_or_warn(path)
         record = _parse(data, path) if data else None
-        report = _report(record, path) if record is not None else None
+        return _report(record, path) if record is not None else None
+
+    def _latest(self, directory: str) -> Optional[Report]:
+        report = self._latest_file(directory)
         if report is None and os.path.exists(os.path.join(directory, HISTORY)):
             newest = self._history(directory, None, None)   # latest.json lost or corrupt: the history has it
             report = newest[0] if newest else None
@@ -538,7 +610,8 @@ class Store:
                 summary = parsed.get(node)
                 if summary is None and data:
                     summary = _parse(data, paths[node])      # names the bad file in its warning
-                if not isinstance(summary, dict) or "overall" not in summary or "started_ts" not in summary:
+                summary = _summary(summary, paths[node])     # so does a bad field
+                if summary is None:       # missing, truncated or bad: from the newest readable report
                     report = self._latest(entries[node])
                     summary = summarize(report) if report is not None else None
                 if summary is not None:
@@ -554,7 +627,8 @@ class Store:
         path = os.path.join(directory, HISTORY)
         out = []
         for n, record in _lines(path):
-            if since is not None and float(record.get("started_ts", 0) or 0) < since:
+            ts = record.get("started_ts")
+            if since is not None and valid_ts(ts) and ts < since:   # a bad time: _report skips it, warning
                 continue
             report = _report(record, "%s:%d" % (path, n))
             if report is None or (check and not any(f.check == check for f in report.findings)):
@@ -620,7 +694,7 @@ def _parse_many(raw: Dict[str, Optional[bytes]]) -> Dict[str, Dict[str, Any]]:
         return {}
     try:
         values = json.loads(b"[" + b",".join(raw[n] for n in nodes) + b"]")
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     if len(values) != len(nodes) or any(not isinstance(v, dict) or v.get("node") != n for n, v in zip(nodes, values)):
         return {}
@@ -636,6 +710,25 @@ def _history_stats(summary: Optional[Dict[str, Any]], empty_before: bool) -> Tup
     count, oldest = history.get("count"), history.get("oldest_ts")
     return (int(count) if isinstance(count, int) else None,
             float(oldest) if isinstance(oldest, (int, float)) else None)
+
+
+def _set_aside(path: str, why: str) -> None:
+    """Rename a spooled entry that is not a record out of the way (``.corrupt``, then ``.corrupt.N``)
+    with a warning naming it; a failure to is a warning too: the flush goes on either way."""
+    for n in range(100):
+        target = path + ".corrupt" + (".%d" % n if n else "")
+        if os.path.lexists(target):
+            continue
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return                  # another process dealt with it
+        except OSError as exc:
+            log.warning("%s: %s, left in the spool: cannot set it aside: %s", path, why, _describe(exc))
+            return
+        log.warning("%s: %s, set aside as %s", path, why, target)
+        return
+    log.warning("%s: %s, left in the spool: too many set aside already", path, why)
 
 
 def _contains(path: str, line: bytes) -> bool:

@@ -1,5 +1,6 @@
 """gpuhc export prometheus: a node_exporter textfile that the Prometheus text parser accepts."""
 import copy
+import json
 import os
 import stat
 
@@ -7,6 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import gpuhc
+from gpuhc.errors import GpuhcError
 from gpuhc.export import prometheus_text, export_prometheus
 from gpuhc.model import Finding, GpuRef, Severity
 from gpuhc.store import Store
@@ -135,3 +137,57 @@ def test_nodes_option_exports_only_those(stored):
     cfg, _ = stored
     fams = families(export_prometheus(cfg, nodelist="gpu-[002-003],gpu-404"))
     assert {s.labels["node"] for s in fams["gpuhc_node_severity"].samples} == {"gpu-002", "gpu-003"}
+
+
+def test_a_record_of_the_wrong_shape_is_skipped_not_the_export(stored, caplog):
+    cfg, reports = stored
+    for node, change in (("gpu-002", lambda d: d["findings"][0].update(check=5)),
+                         ("gpu-003", lambda d: d.update(context=["epilog"]))):
+        d = reports[node].to_dict()
+        change(d)
+        line = json.dumps(d) + "\n"
+        for name, mode in (("latest.json", "w"), ("history.jsonl", "a")):
+            with open(os.path.join(cfg["store"], "nodes", node, name), mode) as fh:
+                fh.write(line)
+    with caplog.at_level("WARNING", "gpuhc.store"):
+        fams = families(export_prometheus(cfg))
+    # gpu-002 and gpu-003 fall back to their readable history record; the others are untouched
+    assert {s.labels["node"] for s in fams["gpuhc_node_severity"].samples} == {"gpu-001", "gpu-002", "gpu-003", "gpu-004"}
+    assert "gpu-002/latest.json: skipped a record: field findings[0].check: expected a string, got 5" in caplog.text
+    assert "gpu-003/history.jsonl:2: skipped a record: field context: expected a string, got ['epilog']" in caplog.text
+
+
+def test_output_that_is_not_a_regular_file_is_refused(stored, tmp_path):
+    cfg, _ = stored
+    fifo = tmp_path / "textfile.fifo"
+    os.mkfifo(str(fifo))
+    directory = tmp_path / "adir"
+    directory.mkdir()
+    link_to_fifo = tmp_path / "link-to-fifo.prom"
+    link_to_fifo.symlink_to(fifo)
+    for target in (fifo, directory, link_to_fifo):
+        with pytest.raises(GpuhcError, match="--output %s.*(not a regular file|a directory): refused" % target):
+            export_prometheus(cfg, output=str(target))
+    assert stat.S_ISFIFO(os.stat(str(fifo)).st_mode) and os.path.islink(str(link_to_fifo))
+    assert os.listdir(str(directory)) == [] and not [n for n in os.listdir(str(tmp_path)) if n.startswith(".")]
+    res = gpuhc("export", "prometheus", "--output", str(fifo), env=isolated(tmp_path))
+    assert res.returncode == 2 and res.stdout == "" and stat.S_ISFIFO(os.stat(str(fifo)).st_mode)
+    assert res.stderr == "gpuhc: error: --output %s: not a regular file: refused\n" % fifo
+
+
+def test_output_through_a_symlink_replaces_its_target_and_keeps_the_link(stored, tmp_path):
+    cfg, _ = stored
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    real = real_dir / "gpuhc.prom"
+    real.write_text("old\n")
+    link = tmp_path / "gpuhc.prom"
+    link.symlink_to(real)
+    assert export_prometheus(cfg, output=str(link)) == ""
+    assert os.path.islink(str(link)) and os.readlink(str(link)) == str(real)
+    assert "gpuhc_node_severity" in families(real.read_text())
+    assert os.listdir(str(real_dir)) == ["gpuhc.prom"]
+    dangling = tmp_path / "dangling.prom"           # a link to a file not there yet: the file is made
+    dangling.symlink_to(real_dir / "new.prom")
+    assert export_prometheus(cfg, output=str(dangling)) == "" and os.path.islink(str(dangling))
+    assert "gpuhc_node_severity" in (real_dir / "new.prom").read_text()

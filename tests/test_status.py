@@ -355,3 +355,75 @@ def test_cli_show_history_and_unknown_node(fleet, tmp_path):
 def test_cli_status_of_an_empty_store(tmp_path):
     res = gpuhc("status", env=isolated(tmp_path))
     assert res.returncode == 0 and res.stdout.strip() == "no results in the store %s" % (tmp_path / "store")
+
+
+# ---- bad records in the store ----------------------------------------------------------------------
+
+BAD_SUMMARY_FIELDS = [("started_ts", "x"), ("top", "x"), ("overall", ["x"]), ("overall", 5), ("overall", "BAD"),
+                      ("context", 5), ("top.where", 5), ("top.check", ["x"]), ("started_ts", 1e20),
+                      ("started_ts", float("nan")), ("started_ts", -1e18), ("started_ts", True),
+                      ("job_id", {"a": 1}), ("history", 5), ("history.count", "x")]
+
+
+def _set(record, dotted, value):
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        record = record[key]
+    record[keys[-1]] = value
+
+
+def test_a_bad_summary_is_skipped_with_a_warning_not_the_whole_fleet(fleet, caplog):
+    cfg, reports = fleet
+    path = "%s/nodes/gpu-013/summary.json" % cfg["store"]
+    good = json.loads(open(path).read())
+    for key, value in BAD_SUMMARY_FIELDS:
+        bad = copy.deepcopy(good)
+        _set(bad, key, value)
+        with open(path, "w") as fh:
+            fh.write(json.dumps(bad))
+        caplog.clear()
+        with caplog.at_level("WARNING", "gpuhc.store"):
+            for kwargs in ({}, {"per_node": True}, {"reasons": True}, {"per_node": True, "as_json": True},
+                           {"as_json": True}, {"reasons": True, "as_json": True}, {"fmt": "%N %L %a %c %W %R"}):
+                ST.status_text(cfg, **kwargs)
+            [row] = json.loads(ST.status_text(cfg, per_node=True, as_json=True, nodelist="gpu-013"))["nodes"]
+        # read as when the file is truncated: from latest.json, the newest readable report
+        assert (row["health"], row["severity"], row["job_id"]) == ("unhealthy", "REBOOT", reports["gpu-013"].job_id), key
+        assert "gpu-013/summary.json: skipped a bad summary: field %s" % key in caplog.text, (key, caplog.text)
+
+
+def test_cli_status_with_a_bad_summary_warns_and_exits_0(fleet, tmp_path):
+    cfg, _ = fleet
+    path = "%s/nodes/gpu-014/summary.json" % cfg["store"]
+    bad = dict(json.loads(open(path).read()), started_ts=1e20)
+    with open(path, "w") as fh:
+        fh.write(json.dumps(bad))
+    for args in (("status",), ("status", "-N"), ("status", "-R"), ("status", "--json")):
+        res = gpuhc(*args, env=isolated(tmp_path))
+        assert res.returncode == 0 and "014" in res.stdout, (args, res.stderr)
+        assert res.stderr.strip() == "gpuhc: warning: %s: skipped a bad summary: field started_ts: 1e+20 is not a " \
+                                     "time" % path, (args, res.stderr)
+
+
+@pytest.mark.parametrize("bad_ts", [1e20, float("nan"), -1e18, "x"])
+def test_cli_show_and_history_skip_a_record_with_a_bad_time(fleet, tmp_path, bad_ts):
+    cfg, reports = fleet
+    directory = "%s/nodes/gpu-013" % cfg["store"]
+    good = reports["gpu-013"].to_dict()
+    bad = dict(good, started_ts=bad_ts, job_id="bad")
+    with open(directory + "/latest.json", "w") as fh:
+        fh.write(json.dumps(bad) + "\n")
+    with open(directory + "/history.jsonl", "a") as fh:
+        fh.write(json.dumps(bad) + "\n" + json.dumps({"schema_version": 1, "started_ts": bad_ts}) + "\n")
+    env = isolated(tmp_path)
+    for args in (("show", "gpu-013"), ("show", "gpu-013", "--json"), ("history", "gpu-013"),
+                 ("history", "gpu-013", "--since", "1000d"), ("history", "gpu-013", "--since", "1000d", "--json")):
+        res = gpuhc(*args, env=env)
+        assert res.returncode == 0, (args, res.stderr)
+        assert "Traceback" not in res.stderr and "internal error" not in res.stderr
+        assert "REBOOT" in res.stdout and '"bad"' not in res.stdout and " bad " not in res.stdout, args
+        warnings = res.stderr.strip().splitlines()
+        assert warnings and all(w.startswith("gpuhc: warning: %s/" % directory) for w in warnings), warnings
+        if args[0] == "history":
+            assert "history.jsonl:2: skipped a record: field started_ts" in res.stderr
+            assert "history.jsonl:3: skipped a record: field started_ts" in res.stderr

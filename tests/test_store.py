@@ -462,3 +462,92 @@ def test_bulk_read_goes_parallel_when_reads_are_slow_and_keeps_order(tmp_path, c
         threaded = S._read_many(paths, probe=3, slow_s=-1.0, threads=4)     # as if every read were slow
     assert serial == threaded and threaded[17] is None and threaded[39] == b"x" * 39
     assert caplog.text == ""        # a missing file is no warning: the caller falls back
+
+
+# ---- records and summaries of the wrong shape ----------------------------------------------------
+
+def _bad_records(good):
+    """(what, record) pairs a reader must skip: valid JSON, wrong type or out-of-range time."""
+    def changed(**kw):
+        return dict(good, **kw)
+
+    def finding(**kw):
+        return dict(good, findings=[dict(good["findings"][0], **kw)])
+    return [("started_ts", changed(started_ts=1e20)), ("started_ts", changed(started_ts=float("nan"))),
+            ("started_ts", changed(started_ts=-1e18)), ("started_ts", changed(started_ts="x")),
+            ("started_ts", changed(started_ts=True)), ("started_ts", {"schema_version": 1, "started_ts": "x"}),
+            ("duration_s", changed(duration_s=1e300)), ("schema_version", changed(schema_version=1e400)),
+            ("context", changed(context=[1])), ("context", changed(context=5)), ("node", changed(node=5)),
+            ("findings", changed(findings="x")), ("findings[0]", changed(findings=[5])),
+            ("findings[0].check", finding(check=5)), ("findings[0].severity", finding(severity=["PASS"])),
+            ("findings[0].message", finding(message={})), ("gpu.index", finding(gpu={"index": "3"})),
+            ("findings[0].metrics", finding(metrics=[1])), ("job_id", changed(job_id=[1])),
+            ("gpus", changed(gpus="abc"))]
+
+
+def test_records_of_the_wrong_shape_are_skipped_by_every_reader(store, caplog):
+    now = time.time()
+    store.record(report(started=now - 30, job="good"))
+    good = report(started=now - 10, job="bad").to_dict()
+    bad = _bad_records(good)
+    path = node_file(store.root, "gpu-001", "history.jsonl")
+    with open(path, "ab") as fh:
+        fh.write(b"".join(S.encode(record) for _, record in bad) + b"[" * 100000 + b"\n")
+    with open(node_file(store.root, "gpu-001", "latest.json"), "wb") as fh:
+        fh.write(S.encode(bad[0][1]))
+    with caplog.at_level(logging.WARNING, "gpuhc.store"):
+        assert [r.job_id for r in store.history("gpu-001")] == ["good"]
+        assert [r.job_id for r in store.history("gpu-001", since=now - 1000 * 86400)] == ["good"]
+        assert store.latest("gpu-001").job_id == "good"
+        assert list(store.latest_all()) == ["gpu-001"]
+    for n, (what, _) in enumerate(bad, 2):
+        assert "history.jsonl:%d: skipped a " % n in caplog.text, (what, caplog.text)
+    assert "history.jsonl:%d: skipped a corrupt record" % (len(bad) + 2) in caplog.text     # nested too deep
+    assert "latest.json: skipped a record: field started_ts: 1e+20 is not a time" in caplog.text
+    assert "history.jsonl:9: skipped a record: unsupported schema_version inf" in caplog.text
+    assert "history.jsonl:11: skipped a record: field context: expected a string, got 5" in caplog.text
+    assert "history.jsonl:15: skipped a record: field findings[0].check: expected a string, got 5" in caplog.text
+
+
+@pytest.mark.parametrize("field, value", [("started_ts", "x"), ("started_ts", 1e20), ("top", "x"), ("overall", 5),
+                                          ("history", [1])])
+def test_a_bad_summary_does_not_stop_later_writes(store, caplog, field, value):
+    now = time.time()
+    store.record(report(started=now - 30, job="first"))
+    path = node_file(store.root, "gpu-001", "summary.json")
+    first = json.loads(open(path).read())
+    with open(path, "w") as fh:
+        fh.write(json.dumps(dict(first, **{field: value})))
+    with caplog.at_level(logging.WARNING, "gpuhc.store"):
+        assert store.record(report(started=now - 20, job="second", sev=Severity.REBOOT)) == "stored"
+    assert "summary.json: skipped a bad summary: field %s" % field in caplog.text
+    summary = json.loads(open(path).read())
+    assert summary["overall"] == "REBOOT" and summary["started_ts"] == round(now - 20, 3)
+    assert store.latest("gpu-001").job_id == "second" and store.spooled() == []
+    # a bad summary and an older record (a flushed spool): latest.json keeps the newer one
+    with open(path, "w") as fh:
+        fh.write(json.dumps(dict(summary, **{field: value})))
+    assert store.record(report(started=now - 25, job="older")) == "stored"
+    assert store.latest("gpu-001").job_id == "second"
+    assert json.loads(open(path).read())["job_id"] == "second"
+    assert [r.job_id for r in store.history("gpu-001")] == ["second", "older", "first"]
+    assert store.record(report(started=now, job="third")) == "stored"
+    assert store.summaries()["gpu-001"]["job_id"] == "third"
+
+
+def test_what_is_not_a_regular_file_in_the_spool_is_set_aside(store, caplog):
+    spool = os.path.join(store.spool_dir, "gpu-001")
+    os.makedirs(os.path.join(spool, "00000000000000000001-1-0.json"))       # a directory named like a record
+    with open(os.path.join(spool, "00000000000000000001-1-0.json", "x"), "w") as fh:
+        fh.write("x")
+    store._spool("gpu-001", S.encode(report(started=time.time() - 60, job="spooled").to_dict()))
+    os.symlink(str(store.root), os.path.join(spool, "00000000000000000002-1-0.json"))
+    with caplog.at_level(logging.WARNING, "gpuhc.store"):
+        assert store.record(report(job="now")) == "stored"
+    for name in ("00000000000000000001-1-0.json", "00000000000000000002-1-0.json"):
+        path = os.path.join(spool, name)
+        assert "%s: not a regular file, set aside as %s.corrupt" % (path, path) in caplog.text
+        assert os.path.lexists(path + ".corrupt") and not os.path.lexists(path)
+    assert store.spooled() == [] and "result spooled" not in caplog.text
+    assert [r.job_id for r in store.history("gpu-001")] == ["now", "spooled"]
+    assert store.nodes() == ["gpu-001"]
