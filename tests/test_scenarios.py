@@ -69,7 +69,7 @@ def test_percent_n_picks_a_scenario_per_node(tmp_path, make_cfg):
 
 
 @pytest.mark.parametrize("text,needle", [
-    ("gpu_count: eight\n", "gpu_count: must be a non-negative integer"),
+    ("gpu_count: eight\n", "gpu_count: expected a non-negative integer, got 'eight'"),
     ("colour: red\n", "unknown key 'colour'"),
     ("gpu_count: 2\ngpu: {ecc_mode: 1}\n", "gpu: unknown key 'ecc_mode'"),
     ("gpu_count: 2\ngpus: {5: {ecc: {}}}\n", "index 5 out of range"),
@@ -97,3 +97,135 @@ def test_extends_loop_is_detected(tmp_path):
 def test_absent_gpu_stays_on_pci(tmp_path):
     sc = scenario.load("h100-gpu-missing")
     assert len(sc.gpus) == 8 and len(sc.nvml_gpus) == 7
+
+
+# Malformed values: each a one-line ScenarioError naming the file and the field, found at load
+# (not an internal error, nor a check ERROR finding later).
+H100 = "extends: h100-healthy\n"
+
+
+@pytest.mark.parametrize("text,needle", [
+    # were internal errors
+    ("kernel_log: 42\n", "kernel_log: expected a list, a string or null, got 42"),
+    ("extends: 5\n", "extends: expected a string or null, got 5"),
+    ("extends: [a]\n", "extends: expected a string or null, got a list"),
+    ("commands: [a]\n", "commands: expected a mapping or null, got a list"),
+    ("files: [a]\n", "files: expected a mapping or null, got a list"),
+    ("gpu_count: 1\ngpu: {identity: x}\n", "gpu.identity: expected a mapping, got 'x'"),
+    ("gpu_count: 1\ngpu: {nvlink: {count: x}}\n", "gpu.nvlink.count: expected a non-negative integer, got 'x'"),
+    ("gpu_count: 1\ngpu: {nvlink: {down: 3}}\n", "gpu.nvlink.down: expected a list, got 3"),
+    ("gpu_count: 1\ngpu: {nvlink: {errors: [1]}}\n", "gpu.nvlink.errors: expected a mapping, got a list"),
+    ("gpu_count: 2\npci_bus_ids: [1, 2]\n", "pci_bus_ids[0]: expected a string, got 1"),
+    # were check ERROR findings
+    (H100 + "gpus: {3: {pcie: {width_current: x8}}}\n", "gpus.3.pcie.width_current: expected an integer or null, got 'x8'"),
+    (H100 + "gpu: {ecc: {volatile: {uncorrected: many}}}\n", "gpu.ecc.volatile.uncorrected: expected an integer or null"),
+    (H100 + "gpu: {temperature: {gpu: hot}}\n", "gpu.temperature.gpu: expected an integer or null, got 'hot'"),
+    (H100 + "gpu: {modes: x}\n", "gpu.modes: expected a mapping, got 'x'"),
+    (H100 + "gpu: {processes: x}\n", "gpu.processes: expected a list, got 'x'"),
+    (H100 + "gpu: {clock_event_reasons: lots}\n", "gpu.clock_event_reasons: expected a non-negative integer, got 'lots'"),
+    (H100 + "faults: [{hang: forever}]\n", "faults[0].hang: expected a non-negative number of seconds, got 'forever'"),
+    (H100 + "faults: [{hang: -5}]\n", "faults[0].hang: expected a non-negative number of seconds, got -5"),
+    (H100 + "commands: {'systemctl is-active nvidia-fabricmanager': {rc: zero}}\n",
+     "commands['systemctl is-active nvidia-fabricmanager'].rc: expected an integer, got 'zero'"),
+    # were accepted silently
+    (H100 + "faults: [{gpu: x, error: GPU_IS_LOST}]\n", "faults[0].gpu: expected a non-negative integer, got 'x'"),
+    (H100 + "faults: [{gpu: 8, error: GPU_IS_LOST}]\n", "faults[0].gpu: index 8 out of range for 8 GPUs"),
+    ("gpu_count: true\n", "gpu_count: expected a non-negative integer, got true"),
+    ("kernel_log: {a: 1}\n", "kernel_log: expected a list, a string or null, got a mapping"),
+    ("files: {/sys/x: null}\n", "files['/sys/x']: expected a string, got null"),
+    (H100 + "gpus: {1: {nvlink: {down: [18]}}}\n", "gpus.1.nvlink.down: link 18 out of range for 18 links"),
+    (H100 + "gpus: {3: {}, '3': {}}\n", "gpus: GPU 3 given twice"),
+    # more of the same table
+    (H100 + "gpu: {ecc: {volatile: null}}\n", "gpu.ecc.volatile: expected a mapping, got null"),
+    (H100 + "gpu: {pcie: null}\n", "gpu.pcie: expected a mapping, got null"),
+    (H100 + "gpu: {identity: {pci_bus_id: null}}\n", "gpu.identity.pci_bus_id: expected a string, got null"),
+    (H100 + "gpu: {power: {usage_w: .nan}}\n", "gpu.power.usage_w: expected a number or null, got nan"),
+    (H100 + "gpu: {modes: {persistence: 1}}\n", "gpu.modes.persistence: expected true/false or null, got 1"),
+    (H100 + "gpu: {nvlink: [{link: 0}]}\n", "gpu.nvlink[0]: missing key 'active'"),
+    (H100 + "gpu: {nvlink: {errors: {3: {bogus: 1}}}}\n", "gpu.nvlink.errors.3: unknown key 'bogus'"),
+    (H100 + "gpu: {pcie: {width: 8}}\n", "gpu.pcie: unknown key 'width'"),
+    (H100 + "node: {driver_version: 570.1}\n", "node.driver_version: expected a string, got 570.1"),
+    (H100 + "kernel_log: ['ok', [12.3]]\n", "kernel_log[1]: expected a string, got a list"),
+    (H100 + "gpus: {x: {}}\n", "gpus: key 'x': expected an index"),
+])
+def test_malformed_value_is_one_line_error_naming_file_and_field(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ScenarioError) as exc:
+        scenario.load(str(path))
+    message = str(exc.value)
+    assert message.startswith(str(path) + ": ") and needle in message and "\n" not in message, message
+
+
+def test_malformed_value_through_the_command_line_is_a_usage_error(tmp_path):
+    from conftest import gpuhc
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("store: %s\nstate_dir: %s\ndetect: {slurm_features: false}\n" % (tmp_path / "store", tmp_path / "state"))
+    for n, text in enumerate(["gpu_count: 2\npci_bus_ids: [1, 2]\n",                  # crashed in SimHost
+                              H100 + "gpus: {3: {pcie: {width_current: x8}}}\n"]):   # an ERROR finding
+        path = tmp_path / ("bad%d.yaml" % n)
+        path.write_text(text)
+        res = gpuhc("--simulate", str(path), "check", env={"GPUHC_CONFIG": str(cfg)})
+        assert res.returncode == 2 and res.stderr.startswith("gpuhc: error: %s: " % path), (res.returncode, res.stderr)
+        assert "internal error" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_bad_value_in_an_extended_file_names_that_file(tmp_path):
+    (tmp_path / "base.yaml").write_text(H100 + "gpus: {2: {temperature: {gpu: hot}}}\n")
+    (tmp_path / "top.yaml").write_text("extends: base.yaml\n")
+    with pytest.raises(ScenarioError, match=r"base\.yaml: gpus\.2\.temperature\.gpu: expected an integer"):
+        scenario.load(str(tmp_path / "top.yaml"))
+
+
+def test_null_wherever_nvml_answers_none_is_accepted_and_checked_cleanly(run_scenario, tmp_path):
+    """Every value NVML reports as None for an unsupported feature may be null in a scenario, and
+    the checks take it in stride (no ERROR finding)."""
+    path = tmp_path / "unsupported.yaml"
+    path.write_text(H100 + """gpu:
+  identity: {name: null, uuid: null, serial: null, board_part_number: null, vbios: null, architecture: null, minor_number: null}
+  ecc: {enabled: null, pending: null, volatile: {corrected: null, uncorrected: null},
+        aggregate: {corrected: null, uncorrected: null, uncorrected_sram: null, uncorrected_dram: null}}
+  retired_pages: {single_bit: null, double_bit: null, pending: null}
+  remapped_rows: {correctable: null, uncorrectable: null, pending: null, failure: null, banks_low: null, banks_none: null}
+  pcie: {gen_current: null, gen_max: null, gen_gpu_max: null, width_current: null, width_max: null, replay_counter: null}
+  nvlink: [{link: 0, active: true, replay: null, recovery: null, crc_flit: null, crc_data: null, remote_pci_bus_id: null}]
+  temperature: {gpu: null, slowdown: null, shutdown: null, max_operating: null, memory: null}
+  power: {usage_w: null, limit_w: null, default_limit_w: null, enforced_limit_w: null, min_limit_w: null, max_limit_w: null}
+  modes: {persistence: null, mig_current: null, mig_pending: null, compute_mode: null}
+  fabric: null
+  processes: [{pid: 4242, used_memory_mib: null, name: null}]
+  utilization: {gpu: null, memory: null}
+""")
+    report = run_scenario(str(path))
+    assert not [f.to_dict() for f in report.findings if f.severity is Severity.ERROR]
+
+
+def test_gpu_index_keys_given_as_strings_are_the_same_gpu(tmp_path):
+    path = tmp_path / "quoted.yaml"
+    path.write_text(H100 + "gpus: {'03': {pcie: {width_current: 8}}, 4: {pcie: {width_current: 4}}}\n")
+    sc = scenario.load(str(path))
+    assert [g["pcie"]["width_current"] for g in sc.gpus] == [16, 16, 16, 8, 4, 16, 16, 16]
+
+
+def test_gpu_schema_follows_the_calls_of_the_gpu_interface():
+    """The type table names exactly the fields each call of backends/gpu.py CALLS returns."""
+    import re
+
+    from gpuhc.backends.gpu import CALLS
+
+    def fields(schema):
+        if isinstance(schema, tuple):
+            return set().union(*(fields(s) for s in schema if isinstance(s, (dict, list))))
+        if isinstance(schema, list):
+            return fields(schema[0])
+        if isinstance(schema, dict):
+            return set(schema).union(*(fields(v) for v in schema.values()))
+        return set()
+
+    assert set(scenario.GPU_SCHEMA) == set(CALLS) - {"driver_version", "device_count"} | {"absent"}
+    for call, shape in CALLS.items():
+        if call in scenario.GPU_SCHEMA and call != "nvlink":
+            braces = re.search(r"[\[{].*[\]}]", shape)
+            assert fields(scenario.GPU_SCHEMA[call]) == set(re.findall(r"\w+", braces.group() if braces else "")), call
+    assert fields(scenario.GPU_SCHEMA["nvlink"][1]) == set(re.findall(r"\w+", CALLS["nvlink"]))
