@@ -6,11 +6,13 @@ The loaded file is deep-merged over the defaults, so a file only says what diffe
 from __future__ import annotations
 
 import copy
-import math
 import os
 from typing import Any, Dict, Optional
 
+from .checks import CHECKS
 from .errors import ConfigError
+from .schema import MapOf, OneOf
+from .schema import validate as check_shape
 from .yamlio import parse_yaml, read_text
 
 DEFAULT_PATH = "/etc/gpuhc/config.yaml"
@@ -111,133 +113,53 @@ def defaults() -> Dict[str, Any]:
     }
 
 
-class _MapOf:
-    """A mapping whose values all follow ``spec``; ``keys``: the allowed keys (a tuple, or a
-    function returning one, so a misspelt key is an error), or ``int`` for integer keys."""
-    def __init__(self, spec: Any, keys: Any = None) -> None:
-        self.spec = spec
-        self.keys = keys
-
-
-class _Choice:
-    def __init__(self, *values: str) -> None:
-        self.values = values
-
-
-class _ListOf:
-    def __init__(self, item: Any) -> None:
-        self.item = item
-
-
-NUM = (int, float)
 CONTEXTS = ("prolog", "epilog", "healthcheck", "check", "sweep", "quarantine")
 KERNEL_LOG_SOURCES = ("auto", "kmsg", "journal", "dmesg")
-
-
-def _check_names() -> tuple:
-    from .checks import names
-    return tuple(names())
 TIERS = ("MONITOR", "RESET", "REBOOT", "ISOLATE")
-OPT_STR = (str, type(None))
+NUM = "amount"                 # a finite number, not negative (seconds, counts, thresholds)
 
+
+def _per(keys: Any, value: Any) -> Dict[str, Any]:
+    """A mapping of these keys only (a misspelt one is an error), each value of ``value``."""
+    return {key: value for key in keys}
+
+
+# The file's shape, in gpuhc/schema.py's language (checked by validate() before the meaning is).
 SCHEMA: Dict[str, Any] = {
-    "store": str,
-    "state_dir": str,
-    "simulate": OPT_STR,
-    "profiles": OPT_STR,
-    "profile": OPT_STR,
-    "kernel_log": str,
-    "detect": {"slurm_features": bool, "cloud_metadata": bool, "cloud_timeout": NUM},
-    "dcgm": {"level": int, "levels": _MapOf(int, CONTEXTS), "timeout": NUM, "required": bool, "exclusive": bool,
-             "start_hostengine": bool, "overrides": _MapOf(_Choice(*TIERS))},
-    "network": {"flap_threshold": NUM, "memlock": bool, "efa_modules": _ListOf(str), "ib_modules": _ListOf(str)},
-    "suites": _MapOf(_ListOf(str)),
-    "xid": {"strict": bool, "overrides": _MapOf(_Choice(*TIERS), int),
-            "sxid_overrides": _MapOf(_Choice(*TIERS), int)},
-    "context_suites": _MapOf(str, CONTEXTS),
+    "store": "str",
+    "state_dir": "str",
+    "simulate": "str?",
+    "profiles": "str?",
+    "profile": "str?",
+    "kernel_log": "str",
+    "detect": {"slurm_features": "bool", "cloud_metadata": "bool", "cloud_timeout": NUM},
+    "dcgm": {"level": "count", "levels": _per(CONTEXTS, "count"), "timeout": NUM, "required": "bool",
+             "exclusive": "bool", "start_hostengine": "bool", "overrides": MapOf("text", OneOf("tier", TIERS))},
+    "network": {"flap_threshold": NUM, "memlock": "bool", "efa_modules": ["str"], "ib_modules": ["str"]},
+    "suites": MapOf("str", ["str"]),
+    "xid": {"strict": "bool", "overrides": MapOf("index", OneOf("tier", TIERS)),
+            "sxid_overrides": MapOf("index", OneOf("tier", TIERS))},
+    "context_suites": _per(CONTEXTS, "str"),
     "timeouts": {
         "check": NUM,
-        "checks": _MapOf(NUM, _check_names),
-        "budget": _MapOf(NUM, CONTEXTS),
+        "checks": _per(CHECKS, NUM),
+        "budget": _per(CONTEXTS, NUM),
         "command": NUM,
         "store": NUM,
         "store_read": NUM,
         "act": NUM,
         "reset": NUM,
     },
-    "history": {"max_records": int, "max_age_days": NUM},
+    "history": {"max_records": "count", "max_age_days": NUM},
     "status": {"stale_after": NUM},
-    "thresholds": {k: NUM for k in THRESHOLDS},
-    "slurm": {"backend": _Choice("cli", "pyslurm", "auto", "none"), "timeout": NUM, "dry_run": bool,
-              "comment_monitor": bool},
-    "breaker": {"enabled": bool, "max_fraction": NUM, "max_nodes": (int, type(None)), "window": NUM},
-    "resume": {"auto": bool, "passes": int, "suite_depth": _MapOf(int)},
-    "epilog": {"failure_suite": str, "kill_leftover_processes": bool},
-    "job_optout": {"allowed": bool, "token": str},
+    "thresholds": _per(THRESHOLDS, NUM),
+    "slurm": {"backend": OneOf("backend", ("cli", "pyslurm", "auto", "none")), "timeout": NUM,
+              "dry_run": "bool", "comment_monitor": "bool"},
+    "breaker": {"enabled": "bool", "max_fraction": NUM, "max_nodes": "count?", "window": NUM},
+    "resume": {"auto": "bool", "passes": "count", "suite_depth": MapOf("str", "count")},
+    "epilog": {"failure_suite": "str", "kill_leftover_processes": "bool"},
+    "job_optout": {"allowed": "bool", "token": "str"},
 }
-
-
-def _type_name(spec: Any) -> str:
-    if isinstance(spec, dict):
-        return "a mapping"
-    if isinstance(spec, _MapOf):
-        return "a mapping"
-    if isinstance(spec, _Choice):
-        if value not in spec.values:
-            raise fail("expected one of %s, got %r" % (", ".join(spec.values), value))
-        return
-    if isinstance(spec, _ListOf):
-        return "a list"
-    types = spec if isinstance(spec, tuple) else (spec,)
-    names = {int: "a number", float: "a number", str: "a string", bool: "true or false",
-             type(None): "null"}
-    return " or ".join(sorted({names.get(t, t.__name__) for t in types}))
-
-
-def _check(value: Any, spec: Any, path: str, source: str) -> None:
-    def fail(msg: str) -> ConfigError:
-        return ConfigError("%s: %s: %s" % (source, path, msg))
-
-    if isinstance(spec, dict):
-        if not isinstance(value, dict):
-            raise fail("expected %s, got %s" % (_type_name(spec), type(value).__name__))
-        for key, sub in value.items():
-            if key not in spec:
-                raise ConfigError("%s: %s: unknown key (known: %s)"
-                                  % (source, "%s.%s" % (path, key) if path else key, ", ".join(spec)))
-            _check(sub, spec[key], "%s.%s" % (path, key) if path else str(key), source)
-        return
-    if isinstance(spec, _MapOf):
-        if not isinstance(value, dict):
-            raise fail("expected a mapping, got %s" % type(value).__name__)
-        allowed = spec.keys() if callable(spec.keys) and spec.keys is not int else spec.keys
-        for key, sub in value.items():
-            where = "%s.%s" % (path, key)
-            if allowed is int:
-                if isinstance(key, bool) or not (isinstance(key, int) or str(key).strip().isdigit()):
-                    raise ConfigError("%s: %s: expected a number as the key, got %r" % (source, where, key))
-            elif allowed is not None and key not in allowed:
-                raise ConfigError("%s: %s: unknown key (known: %s)" % (source, where, ", ".join(allowed)))
-            _check(sub, spec.spec, where, source)
-        return
-    if isinstance(spec, _Choice):
-        if value not in spec.values:
-            raise fail("expected one of %s, got %r" % (", ".join(spec.values), value))
-        return
-    if isinstance(spec, _ListOf):
-        if not isinstance(value, list):
-            raise fail("expected a list, got %s" % type(value).__name__)
-        for n, item in enumerate(value):
-            _check(item, spec.item, "%s[%d]" % (path, n), source)
-        return
-    types = spec if isinstance(spec, tuple) else (spec,)
-    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-    if not ok:
-        raise fail("expected %s, got %r" % (_type_name(spec), value))
-    if isinstance(value, float) and not math.isfinite(value):
-        raise fail("expected a finite number, got %r" % value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-        raise fail("must not be negative")
 
 
 def merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
@@ -255,7 +177,12 @@ def merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
 def validate(data: Any, source: str = "config") -> Dict[str, Any]:
     if data is None:
         data = {}
-    _check(data, SCHEMA, "", source)
+    if not isinstance(data, dict):
+        raise ConfigError("%s: expected a mapping at the top level, got %s" % (source, type(data).__name__))
+    try:
+        check_shape(data, SCHEMA, error=ConfigError)
+    except ConfigError as exc:
+        raise ConfigError("%s: %s" % (source, exc)) from None
     cfg = merge(defaults(), data)
     _check_meaning(cfg, data, source)
     return cfg
@@ -267,7 +194,7 @@ def _check_meaning(cfg: Dict[str, Any], data: Dict[str, Any], source: str) -> No
     def fail(path: str, msg: str) -> ConfigError:
         return ConfigError("%s: %s: %s" % (source, path, msg))
 
-    known = _check_names()
+    known = tuple(CHECKS)
     for suite, names in (data.get("suites") or {}).items():
         for n, name in enumerate(names):
             if name not in known:

@@ -22,7 +22,7 @@ that list of links or the short form ``{count: 18, down: [3], errors: {5:
 NVML's enumeration (a GPU that fell out of the driver). A ``%n`` in a scenario
 path is replaced by the node name.
 
-Every file is checked against ``SCENARIO_SCHEMA`` as it is read (so an error
+Every file is checked against ``SCENARIO_SCHEMA`` (gpuhc/schema.py) as it is read (so an error
 names the file that holds the bad value), and what depends on the merged whole
 (indexes against ``gpu_count``) once merged: a bad value is a one-line
 :class:`ScenarioError` naming file and field, never a failure later in a check.
@@ -31,63 +31,17 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from .backends.gpu import CALLS, ERROR_CODES
 from .errors import ScenarioError
+from .schema import MapOf, OneOf, Whole, validate
 from .yamlio import read_yaml
 
 BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scenarios")
 
-
-# -- the schema ------------------------------------------------------------------------------
-# A schema is one of:
-#   a leaf name from _LEAVES ("int", "str", ...), with "?" appended where null is allowed too;
-#   a dict: a mapping with (some of) these keys, each value of its schema;
-#   Whole({...}): the same with every key present (list items: lists are never merged);
-#   a list of one schema: a list whose items are of that schema;
-#   MapOf(key, value): a mapping with any keys of leaf type ``key``;
-#   OneOf(noun, values): one of the given strings;
-#   a tuple: any of these schemas (None in it: null allowed).
-
-class Whole(dict):
-    pass
-
-
-class MapOf:
-    def __init__(self, key: str, value: Any) -> None:
-        self.key, self.value = key, value
-
-
-class OneOf:
-    def __init__(self, noun: str, values: Any) -> None:
-        self.noun, self.values = noun, frozenset(values)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
-# leaf name -> (what it is, in an error message; test)
-_LEAVES = {
-    "int": ("an integer", _is_int),
-    "count": ("a non-negative integer", lambda v: _is_int(v) and v >= 0),
-    "index": ("an index (a non-negative integer)",
-              lambda v: (_is_int(v) and v >= 0) or (isinstance(v, str) and v.isdigit())),
-    "float": ("a number", _is_number),
-    "seconds": ("a non-negative number of seconds", lambda v: _is_number(v) and v >= 0),
-    "bool": ("true/false", lambda v: isinstance(v, bool)),
-    "str": ("a string", lambda v: isinstance(v, str)),
-    "text": ("a string", lambda v: isinstance(v, str) or _is_int(v)),   # an integer reads as its digits
-}
 
 LINK_COUNTERS = ("replay", "recovery", "crc_flit", "crc_data")
 _LINK = Whole({"link": "count", "active": "bool", "remote_pci_bus_id": "str?"},
@@ -145,92 +99,6 @@ SCENARIO_SCHEMA: Dict[str, Any] = {
 TOP_KEYS = set(SCENARIO_SCHEMA)
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _describe(schema: Any) -> str:
-    if schema is None:
-        return "null"
-    if isinstance(schema, str):
-        what = _LEAVES[schema.rstrip("?")][0]
-        return what + " or null" if schema.endswith("?") else what
-    if isinstance(schema, (dict, MapOf)):
-        return "a mapping"
-    if isinstance(schema, list):
-        return "a list"
-    if isinstance(schema, OneOf):
-        return "a %s" % schema.noun
-    alts = [_describe(s) for s in schema]
-    return ", ".join(alts[:-1]) + " or " + alts[-1]
-
-
-def _fits(schema: Any, value: Any) -> bool:
-    """Whether ``value`` is of the outer kind of ``schema`` (its contents are not looked at)."""
-    if schema is None or value is None:
-        return schema is value or (isinstance(schema, str) and schema.endswith("?"))
-    if isinstance(schema, str):
-        return _LEAVES[schema.rstrip("?")][1](value)
-    if isinstance(schema, (dict, MapOf)):
-        return isinstance(value, dict)
-    if isinstance(schema, list):
-        return isinstance(value, list)
-    if isinstance(schema, OneOf):
-        return isinstance(value, str)
-    return any(_fits(s, value) for s in schema)
-
-
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _at(where: str, key: Any) -> str:
-    """``gpus.3.pcie``; ``commands['nvidia-smi -q']`` for a key that is not a plain word."""
-    if _is_int(key) or (isinstance(key, str) and _PLAIN_KEY.match(key)):
-        return "%s.%s" % (where, key) if where else str(key)
-    return "%s[%r]" % (where, key)
-
-
-def validate(value: Any, schema: Any, where: str = "") -> None:
-    """Raise ScenarioError("WHERE: ...") unless ``value`` is of ``schema`` (see above)."""
-    def bad(msg: str) -> ScenarioError:
-        return ScenarioError("%s: %s" % (where, msg) if where else msg)
-
-    if isinstance(schema, tuple):
-        for alt in schema:
-            if _fits(alt, value):
-                if alt is not None:
-                    validate(value, alt, where)
-                return
-    elif _fits(schema, value):
-        if isinstance(schema, dict):
-            missing = [key for key in schema if key not in value] if isinstance(schema, Whole) else []
-            if missing:
-                raise bad("missing key %r" % missing[0])
-            for key, item in value.items():
-                if key not in schema:
-                    raise bad("unknown key %r (known: %s)" % (key, ", ".join(sorted(schema))))
-                validate(item, schema[key], _at(where, key))
-        elif isinstance(schema, MapOf):
-            for key, item in value.items():
-                if not _fits(schema.key, key):
-                    raise bad("key %s: expected %s" % (_show(key), _describe(schema.key)))
-                validate(item, schema.value, _at(where, key))
-        elif isinstance(schema, list):
-            for n, item in enumerate(value):
-                validate(item, schema[0], "%s[%d]" % (where, n))
-        elif isinstance(schema, OneOf) and value not in schema.values:
-            raise bad("unknown %s %r" % (schema.noun, value))
-        return
-    raise bad("expected %s, got %s" % (_describe(schema), _show(value)))
-
-
 @dataclass
 class Scenario:
     name: str
@@ -280,7 +148,7 @@ def _read_yaml(path: str) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise ScenarioError("%s: a scenario must be a mapping at the top level" % path)
     try:
-        validate(data, SCENARIO_SCHEMA)
+        validate(data, SCENARIO_SCHEMA, error=ScenarioError)
         if data.get("gpus"):
             data["gpus"] = _by_index(data["gpus"])
     except ScenarioError as exc:
