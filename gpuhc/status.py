@@ -235,6 +235,9 @@ class _Field:
     right: bool
 
 
+MAX_WIDTH = 1000       # a field wider than a screen many times over is a typo
+
+
 def parse_format(fmt: str) -> List[Any]:
     """Literal strings and _Field items; a one-line error naming the bad specifier and its place."""
     out: List[Any] = []
@@ -249,6 +252,8 @@ def parse_format(fmt: str) -> List[Any]:
         elif m.group(3) not in FIELDS:
             raise GpuhcError("-o %r: unknown field %%%s at column %d (known: %s)"
                              % (fmt, m.group(3), m.start() + 1, " ".join("%" + k for k in FIELDS)))
+        elif m.group(2) and (len(m.group(2)) > 4 or int(m.group(2)) > MAX_WIDTH):
+            raise GpuhcError("-o %r: width %s at column %d is more than %d" % (fmt, m.group(2), m.start() + 1, MAX_WIDTH))
         else:
             out.append(_Field(m.group(3), int(m.group(2)) if m.group(2) else None, bool(m.group(1))))
     return out

@@ -109,6 +109,8 @@ def test_bad_arguments_are_one_line_usage_errors(tmp_path):
         (["reset", "--gpu", "0000:ff:00.0"], "--gpu 0000:ff:00.0: no NVIDIA GPU at that PCI address"),
         (["resume", "gpu-[1-99999999]"], "99999999 names, more than the 1000000 gpuhc takes"),
         (["status", "-n", "gpu-[1-5000],n[1-1000][1-1000]"], "more than the 1000000"),
+        (["status", "-o", "%99999999999999999999N"], "width 99999999999999999999 at column 1 is more than 1000"),
+        (["status", "-o", "%P %2000000000N"], "width 2000000000 at column 4 is more than 1000"),
     ]:
         res = gpuhc("--simulate", "h100-healthy", *args, env=env, timeout=30)
         assert res.returncode == 2 and needle in res.stderr and len(res.stderr.splitlines()) == 1, (args, res.stderr)
