@@ -18,19 +18,29 @@ def _loader() -> Any:
         base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
         class Loader(base):  # type: ignore[misc, valid-type]
-            def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-                seen = set()
-                for key_node, _ in node.value:
-                    key = self.construct_object(key_node, deep=True)
-                    try:
-                        duplicate = key in seen
-                        seen.add(key)
-                    except TypeError:            # an unhashable key: the base class says so
-                        break
-                    if duplicate:
-                        raise yaml.constructor.ConstructorError(
-                            None, None, "key %r given twice in one mapping" % (key,), key_node.start_mark)
-                return super().construct_mapping(node, deep=deep)
+            """Checks each mapping's own keys once, as written, before merge keys (``<<``) are
+            flattened into it: a key a merge brings in may be overridden, never given twice."""
+            def __init__(self, stream: Any) -> None:
+                super().__init__(stream)
+                self._checked: set = set()
+
+            def flatten_mapping(self, node: Any) -> None:
+                if id(node) not in self._checked:
+                    self._checked.add(id(node))
+                    seen = set()
+                    for key_node, _ in node.value:
+                        if key_node.tag == "tag:yaml.org,2002:merge":
+                            continue
+                        key = self.construct_object(key_node, deep=True)
+                        try:
+                            duplicate = key in seen
+                            seen.add(key)
+                        except TypeError:            # an unhashable key: the base class says so
+                            continue
+                        if duplicate:
+                            raise yaml.constructor.ConstructorError(
+                                None, None, "key %r given twice in one mapping" % (key,), key_node.start_mark)
+                super().flatten_mapping(node)
 
         _LOADER = Loader
     return _LOADER

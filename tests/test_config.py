@@ -90,3 +90,19 @@ def test_non_utf8_config_names_file_and_line(tmp_path):
     path.write_bytes(b"slurm: {dry_run: true}\nstore: /x\xff\n")
     with pytest.raises(ConfigError, match=r"c.yaml:2: not UTF-8 text \(byte 0xff\)"):
         C.load(str(path))
+
+
+def test_yaml_anchors_and_merge_keys_still_work(tmp_path):
+    """Sites share settings with anchors and merge keys; only a key written twice in one mapping is
+    refused, never one a merge brings in and the mapping overrides."""
+    path = tmp_path / "c.yaml"
+    path.write_text("thresholds: &t {temperature_margin_c: 7}\n"
+                    "timeouts:\n  budget: &b {prolog: 9, epilog: 30}\n  checks: {xid: 4}\n"
+                    "slurm: &s {timeout: 7, dry_run: true}\n"
+                    "breaker:\n  <<: {max_fraction: 0.2, window: 600}\n  max_fraction: 0.3\n")
+    cfg = C.load(str(path))
+    assert cfg["timeouts"]["budget"]["prolog"] == 9 and cfg["breaker"]["max_fraction"] == 0.3
+    assert cfg["breaker"]["window"] == 600 and cfg["slurm"]["dry_run"] is True
+    path.write_text("base: &b {a: 1}\n")        # an unknown key is still an unknown key
+    with pytest.raises(ConfigError, match="unknown key 'base'"):
+        C.load(str(path))
