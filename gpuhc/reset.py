@@ -4,9 +4,12 @@ xid check.
 NVIDIA's Xid catalog asks for a GPU reset after the RESET-tier Xids (48, 119, 120, ...). The reset
 is ``nvidia-smi --gpu-reset -i BUS_ID``; the driver refuses it while any process holds the GPU
 (persistence daemon, DCGM, and on NVSwitch systems the fabric manager count, and some systems can
-only reset all GPUs together). gpuhc refuses too while Slurm has a job on the node (ALLOCATED,
-MIXED or COMPLETING) or cannot say, unless ``--force``. After a reset that succeeded, the Xid events
-of that GPU seen before it are marked reset in the node's local state: the xid check no longer
+only reset all GPUs together). gpuhc refuses too unless Slurm positively shows the node drained
+with no job (not ALLOCATED, MIXED or COMPLETING), asked again before each GPU; an unknown node name,
+or Slurm that cannot be asked, is a refusal (``--force`` overrides; ``slurm.backend: none`` means
+there is no Slurm to ask). By default it resets the GPUs with a RESET-tier Xid. After a reset that
+succeeded, the Xid events of that GPU seen before it started are marked reset in the node's local
+state: the xid check no longer
 reports those a reset resolves (RESET and below) and keeps REBOOT and ISOLATE ones. A drained node
 then returns to service the usual way: resume.passes healthy runs, or `gpuhc resume`.
 """
@@ -20,6 +23,7 @@ from . import session
 from .backends.gpu import normalize_bus_id, parse_bus_id
 from .checks import xid as xid_check
 from .errors import GpuhcError
+from .model import Severity
 
 BUSY = ("ALLOCATED", "MIXED", "COMPLETING")
 
@@ -35,14 +39,15 @@ class Row:
 def choose(wanted: Sequence[str], every: bool, listed: Dict[str, int], with_xids: Sequence[str],
            on_pci: Sequence[str] = ()) -> List[str]:
     """The bus ids to reset: --gpu values (NVML index, or the PCI bus id of a GPU NVML lists or
-    that is on PCI), --all, or by default the GPUs with an active Xid event."""
+    that is on PCI), --all, or by default ``with_xids``: the GPUs whose active Xids a reset resolves."""
     if every:
         if not listed:
             raise GpuhcError("--all: NVML lists no GPU here; name them by PCI bus id with --gpu")
         return sorted(listed, key=listed.get)
     if not wanted:
         if not with_xids:
-            raise GpuhcError("no GPU has an active Xid event: name the GPUs with --gpu, or use --all")
+            raise GpuhcError("no GPU has an active Xid that a reset resolves (RESET tier): name the GPUs "
+                             "with --gpu, or use --all")
         return list(with_xids)
     by_index = {str(i): bus for bus, i in listed.items()}
     out: List[str] = []
@@ -65,22 +70,29 @@ def choose(wanted: Sequence[str], every: bool, listed: Dict[str, int], with_xids
 
 
 def busy(cfg: Dict[str, Any], node: str) -> Optional[str]:
-    """Why resetting now would hurt a job (or cannot be known); None when the node runs none."""
+    """Why a reset must not run now; None only when Slurm positively shows the node drained with
+    no job on it, or when the config says there is no Slurm (slurm.backend: none)."""
     from . import actions
     from .backends.slurm_cli import SlurmError
 
+    if cfg["slurm"]["backend"] == "none":
+        return None
     slurm = actions.slurm_backend(cfg)
     if slurm is None:
-        return None         # no Slurm here: nothing to ask
+        return ("Slurm is not configured on this host, so whether a job runs here cannot be known "
+                "(slurm.backend: none on a node without Slurm)")
     try:
         view = slurm.node(node)
     except SlurmError as exc:
         return "Slurm cannot say whether %s runs a job (%s)" % (node, exc)
     if view is None:
-        return None         # not a Slurm node
+        return "Slurm knows no node %s: give Slurm's name with --node" % node
     running = sorted(view.states & set(BUSY))
     if running:
-        return "Slurm shows %s %s: drain it and wait for its jobs to end" % (node, "+".join(running))
+        return "Slurm shows %s %s: wait for its jobs to end" % (node, "+".join(running))
+    if not view.drained:
+        return ("%s is not drained, so a job may start during the reset: drain it first "
+                "(scontrol update nodename=%s state=drain reason=...)" % (node, node))
     return None
 
 
@@ -89,20 +101,24 @@ def reset(cfg: Dict[str, Any], node: Optional[str] = None, simulate: Optional[st
     node = session.node_name(node)
     # bring the Xid state up to date first (events logged up to now are the ones a reset resolves),
     # and learn the GPUs' indexes; session.run closes its NVML handle, which must not hold the GPU
-    _, _, ctx = session.run(cfg, "check", checks=["xid"], node=node, simulate=simulate)
+    report, _, ctx = session.run(cfg, "check", checks=["xid"], node=node, simulate=simulate)
     listed = {normalize_bus_id(ref.pci_bus_id): ref.index
               for ref in (ctx.inventory.gpus if ctx.inventory else []) if ref.pci_bus_id}
     try:
         on_pci = [normalize_bus_id(b) for b in ctx.host.pci_nvidia_gpus()]
     except OSError:
         on_pci = []
-    targets = choose(wanted, every, listed, xid_check.active_gpus(cfg["state_dir"], node), on_pci)
+    resettable = sorted({normalize_bus_id(f.gpu.pci_bus_id if f.gpu else f.device) for f in report.findings
+                         if f.check == "xid" and f.severity is Severity.RESET and (f.gpu or f.device)})
+    targets = choose(wanted, every, listed, resettable, on_pci)
     index = {bus: str(listed[bus]) if bus in listed else "-" for bus in targets}
-    why = None if force else busy(cfg, node)
-    if why:
-        return [Row(index[bus], bus, "refused", why + " (--force resets anyway)") for bus in targets]
     rows = []
     for bus in targets:
+        why = None if force else busy(cfg, node)      # asked again before each GPU: a reset takes time
+        if why:
+            rows.append(Row(index[bus], bus, "refused", why + " (--force resets anyway)"))
+            continue
+        when = time.time()          # events seen from now on are not the ones this reset resolves
         res = ctx.host.run(["nvidia-smi", "--gpu-reset", "-i", bus], timeout=float(cfg["timeouts"]["reset"]))
         said = (res.stdout.strip() or res.stderr.strip()).splitlines()
         detail = said[-1] if said else "exit %d" % res.rc
@@ -110,7 +126,7 @@ def reset(cfg: Dict[str, Any], node: Optional[str] = None, simulate: Optional[st
             rows.append(Row(index[bus], bus, "failed", detail))
             continue
         try:
-            n = xid_check.mark_reset(cfg["state_dir"], node, bus, time.time())
+            n = xid_check.mark_reset(cfg["state_dir"], node, bus, when)
         except OSError as exc:
             rows.append(Row(index[bus], bus, "reset", "%s; but %s" % (detail, exc)))
             continue

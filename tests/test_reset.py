@@ -42,16 +42,36 @@ def node(tmp_path, make_cfg):
 
 def test_reset_clears_what_a_reset_resolves_and_keeps_a_reboot(node):
     assert node.xids() == [(48, "RESET"), (79, "REBOOT")]
-    res = node.cli("--json")
+    res = node.cli("--json")                             # default: the GPUs with a RESET-tier Xid
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
-    assert [(r["gpu"], r["pci_bus_id"], r["result"]) for r in rows] == [("0", "0000:18:00.0", "reset"),
-                                                                       ("5", "0000:ab:00.0", "reset")]
-    assert "1 Xid event(s) marked reset" in rows[1]["detail"]
-    assert node.xids() == [(79, "REBOOT")]               # a reset does not fix a GPU off the bus
+    assert [(r["gpu"], r["pci_bus_id"], r["result"]) for r in rows] == [("5", "0000:ab:00.0", "reset")]
+    assert "1 Xid event(s) marked reset" in rows[0]["detail"]
+    assert node.xids() == [(79, "REBOOT")]
+    res = node.cli("--gpu", "0")                         # asked for: a reset does not fix a GPU off the bus
+    assert res.returncode == 0 and "0000:18:00.0" in res.stdout
+    assert node.xids() == [(79, "REBOOT")]
     report, _, _ = session.run(node.cfg, "check", checks=["xid"], node="gpu-020")
     assert "reset since does not clear a REBOOT event" in [f for f in report.findings if f.check == "xid"][0].message
     node.write(X48 + X79 + X48)                          # the fault comes back after the reset
+    assert node.xids() == [(48, "RESET"), (79, "REBOOT")]
+
+
+def test_an_xid_logged_while_the_reset_runs_still_counts(node, monkeypatch):
+    """Events seen after the reset started are not the ones it resolved (a healthcheck running
+    during the reset may read a recurrence)."""
+    from gpuhc.backends import sim
+    real_run = sim.SimHost.run
+
+    def slow_reset(self, argv, timeout):
+        if argv[:2] == ["nvidia-smi", "--gpu-reset"]:
+            node.write(X48 + X79 + X48)
+            node.xids()                                  # a concurrent healthcheck reads the recurrence
+        return real_run(self, argv, timeout)
+
+    monkeypatch.setattr(sim.SimHost, "run", slow_reset)
+    rows = R.reset(node.cfg, node="gpu-020", wanted=["5"])
+    assert rows[0].result == "reset"
     assert node.xids() == [(48, "RESET"), (79, "REBOOT")]
 
 
@@ -79,7 +99,7 @@ def test_a_hung_reset_is_cut_at_its_timeout(node, tmp_path):
 def test_usage_errors_are_one_line(node):
     node.write("  - '[ 1.0] NVRM: loading NVIDIA'\n")
     res = node.cli()
-    assert res.returncode == 2 and "no GPU has an active Xid event" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "no GPU has an active Xid that a reset resolves" in res.stderr and "Traceback" not in res.stderr
     res = node.cli("--gpu", "12")
     assert res.returncode == 2 and "--gpu 12: no GPU with that index (NVML lists 8)" in res.stderr
     res = node.cli("--gpu", "first")
@@ -89,30 +109,35 @@ def test_usage_errors_are_one_line(node):
 
 
 class FakeSlurm:
-    def __init__(self, states=None, error=None):
-        self.states, self.error = states, error
+    def __init__(self, states=None, error=None, unknown=False):
+        self.states, self.error, self.unknown = states, error, unknown
 
     def node(self, name):
         if self.error:
             raise SlurmError(self.error)
-        return NodeView(name=name, states=set(self.states))
+        return None if self.unknown else NodeView(name=name, states=set(self.states))
 
 
 @pytest.mark.parametrize("fake, refused", [
     (FakeSlurm({"ALLOCATED"}), "Slurm shows gpu-020 ALLOCATED"),
     (FakeSlurm({"MIXED", "DRAIN"}), "Slurm shows gpu-020 MIXED"),
-    (FakeSlurm({"IDLE", "COMPLETING"}), "COMPLETING"),
+    (FakeSlurm({"IDLE", "DRAIN", "COMPLETING"}), "COMPLETING"),
+    (FakeSlurm({"IDLE"}), "gpu-020 is not drained, so a job may start during the reset"),
     (FakeSlurm(error="sinfo: timed out after 5s"), "Slurm cannot say whether gpu-020 runs a job"),
+    (FakeSlurm(unknown=True), "Slurm knows no node gpu-020: give Slurm's name with --node"),
+    (None, "Slurm is not configured on this host"),
     (FakeSlurm({"IDLE", "DRAIN"}), None),
+    (FakeSlurm({"DOWN", "DRAIN"}), None),
 ])
-def test_no_reset_under_a_job(node, monkeypatch, fake, refused):
+def test_no_reset_unless_slurm_shows_the_node_drained_and_idle(node, monkeypatch, fake, refused):
     from gpuhc import actions
     monkeypatch.setattr(actions, "slurm_backend", lambda cfg, deadline=None: fake)
-    rows = R.reset(node.cfg, node="gpu-020", wanted=["5"])
+    cfg = dict(node.cfg, slurm=dict(node.cfg["slurm"], backend="cli"))
+    rows = R.reset(cfg, node="gpu-020", wanted=["5"])
     if refused:
         assert rows[0].result == "refused" and refused in rows[0].detail and "--force" in rows[0].detail
         assert node.xids() == [(48, "RESET"), (79, "REBOOT")]
-        rows = R.reset(node.cfg, node="gpu-020", wanted=["5"], force=True)
+        rows = R.reset(cfg, node="gpu-020", wanted=["5"], force=True)
     assert rows[0].result == "reset"
     assert node.xids() == [(79, "REBOOT")]
 

@@ -119,18 +119,26 @@ class LocalHost(Host):
         except OSError:
             return []
 
+    REAP_WAIT = 2.0     # after a kill: a process stuck in the kernel (D state) cannot die; do not wait on it
+
     def run(self, argv: Sequence[str], timeout: float) -> CommandResult:
         try:
-            proc = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True,
-                                  text=True, errors="replace", timeout=timeout)
+            proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, errors="replace")
         except FileNotFoundError:
             return CommandResult(127, "", "%s: command not found" % argv[0])
-        except subprocess.TimeoutExpired as exc:
-            out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-            return CommandResult(124, out, "%s: timed out after %gs" % (argv[0], timeout), True)
         except OSError as exc:
             return CommandResult(126, "", "%s: %s" % (argv[0], exc))
-        return CommandResult(proc.returncode, proc.stdout, proc.stderr)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            try:
+                out, _ = proc.communicate(timeout=self.REAP_WAIT)
+            except subprocess.TimeoutExpired:
+                out = ""        # left behind: it dies, or is reaped, when the kernel lets it
+            return CommandResult(124, out or "", "%s: timed out after %gs" % (argv[0], timeout), True)
+        return CommandResult(proc.returncode, out, err)
 
     def kernel_log_since(self, cursor: Optional[Dict[str, Any]]) -> LogChunk:
         source = self.kernel_log_source

@@ -49,12 +49,6 @@ def mark_reset(state_dir: str, node: str, pci_bus_id: str, when: float) -> int:
     return n
 
 
-def active_gpus(state_dir: str, node: str) -> List[str]:
-    """PCI bus ids of the GPUs with an active Xid event not yet marked reset (NVSwitch SXids excluded)."""
-    events = ((localstate.read(state_dir, state_file(node)) or {}).get(NAME) or {}).get("events", [])
-    return sorted({e["pci_bus_id"] for e in events if e["kind"] == "xid" and X.active(e) and not e.get("reset")})
-
-
 def gather(ctx: Context) -> Dict[str, Any]:
     boot = ctx.host.boot_id()
     state = dict(ctx.previous_state(NAME))
