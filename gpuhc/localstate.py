@@ -2,10 +2,12 @@
 written atomically. A failure to read or write is never fatal: the caller recomputes."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional
 
 
 def read(state_dir: str, name: str) -> Optional[Any]:
@@ -26,3 +28,34 @@ def write(state_dir: str, name: str, value: Any) -> bool:
         return True
     except OSError:
         return False
+
+
+LOCK_WAIT = 2.0     # at most this long for another gpuhc's read-modify-write of the same file
+
+
+def update(state_dir: str, name: str, change: Callable[[Any], Any]) -> bool:
+    """Read, change and write one state file under an exclusive lock, so two gpuhc processes (a
+    healthcheck and `gpuhc reset`, say) do not undo each other's changes. ``change`` gets the
+    current value (None when there is none) and returns the new one. The lock is waited for at
+    most LOCK_WAIT seconds (it is held for milliseconds); past that the change goes ahead unlocked
+    rather than hold a prolog."""
+    fd = -1
+    try:
+        os.makedirs(state_dir, mode=0o755, exist_ok=True)
+        fd = os.open(os.path.join(state_dir, "." + name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+    except OSError:
+        pass                # no lock to be had: the write below still happens
+    try:
+        return write(state_dir, name, change(read(state_dir, name)))
+    finally:
+        if fd >= 0:
+            os.close(fd)    # closing releases the lock

@@ -124,10 +124,20 @@ class Runner:
         self.ctx.previous = localstate.read(self.ctx.config["state_dir"], state_file(self.ctx.node)) or {}
 
     def _save_state(self) -> None:
-        if self.new_state:
-            merged = dict(self.ctx.previous)
-            merged.update(self.new_state)
-            localstate.write(self.ctx.config["state_dir"], state_file(self.ctx.node), merged)
+        """This run's check states written over the file as it is now (another gpuhc may have
+        written since this run read it); a check with a ``keep(new, current)`` function keeps
+        what others changed meanwhile (an operator's marks on Xid events)."""
+        if not self.new_state:
+            return
+
+        def change(current: Any) -> dict:
+            merged = dict(current) if isinstance(current, dict) else dict(self.ctx.previous)
+            for name, state in self.new_state.items():
+                keep = getattr(catalogue.load(name), "keep", None)
+                merged[name] = keep(state, merged.get(name)) if keep is not None else state
+            return merged
+
+        localstate.update(self.ctx.config["state_dir"], state_file(self.ctx.node), change)
 
     def _boot_id(self) -> Optional[str]:
         try:

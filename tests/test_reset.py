@@ -149,3 +149,34 @@ def test_choose():
     assert R.choose([], True, listed, []) == ["0000:18:00.0", "0000:ab:00.0"]
     with pytest.raises(GpuhcError):
         R.choose([], True, {}, [])
+
+
+def test_a_check_run_overlapping_the_reset_keeps_its_marks(node, monkeypatch):
+    """A healthcheck that read the node's state before `gpuhc reset` marked it, and writes after,
+    must not undo the marks (the node would stay drained though the reset said it worked)."""
+    import time
+    from gpuhc.checks import xid as XC
+    assert node.xids() == [(48, "RESET"), (79, "REBOOT")]
+    real = XC.gather
+
+    def gather_while_reset(ctx):
+        data = real(ctx)
+        assert XC.mark_reset(node.cfg["state_dir"], "gpu-020", "0000:ab:00.0", time.time()) == 1
+        return data
+
+    monkeypatch.setattr(XC, "gather", gather_while_reset)
+    node.xids()
+    monkeypatch.setattr(XC, "gather", real)
+    assert node.xids() == [(79, "REBOOT")]
+    # an event this run saw again is not covered by a mark made meanwhile
+    node.write(X48 + X79 + X48)
+
+    def recur_while_marking(ctx):
+        data = real(ctx)
+        XC.acknowledge(node.cfg["state_dir"], "gpu-020", xid=48)
+        return data
+
+    monkeypatch.setattr(XC, "gather", recur_while_marking)
+    node.xids()
+    monkeypatch.setattr(XC, "gather", real)
+    assert node.xids() == [(48, "RESET"), (79, "REBOOT")]

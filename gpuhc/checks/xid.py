@@ -28,25 +28,45 @@ NEEDS_GPU = False
 
 def acknowledge(state_dir: str, node: str, xid: Optional[int] = None, pci_bus_id: Optional[str] = None) -> int:
     """An operator's acknowledgement: matching active events stop producing findings until they recur."""
-    name = state_file(node)
-    states = localstate.read(state_dir, name) or {}
-    events = (states.get(NAME) or {}).get("events", [])
-    n = X.acknowledge(events, xid, normalize_bus_id(pci_bus_id) if pci_bus_id else None)
-    if n and not localstate.write(state_dir, name, states):
-        raise OSError("cannot write the Xid state in %s" % state_dir)
-    return n
+    return _change_events(state_dir, node, lambda events: X.acknowledge(
+        events, xid, normalize_bus_id(pci_bus_id) if pci_bus_id else None))
 
 
 def mark_reset(state_dir: str, node: str, pci_bus_id: str, when: float) -> int:
     """A successful reset of one GPU (`gpuhc reset`): its events seen before ``when`` are marked
     reset (xid.mark_reset). Returns how many; OSError when the state cannot be written."""
-    name = state_file(node)
-    states = localstate.read(state_dir, name) or {}
-    events = (states.get(NAME) or {}).get("events", [])
-    n = X.mark_reset(events, normalize_bus_id(pci_bus_id) or pci_bus_id, when)
-    if n and not localstate.write(state_dir, name, states):
+    return _change_events(state_dir, node, lambda events: X.mark_reset(
+        events, normalize_bus_id(pci_bus_id) or pci_bus_id, when))
+
+
+def _change_events(state_dir: str, node: str, change: Any) -> int:
+    """``change(events)`` on the node's Xid events, under the state file's lock; how many it changed."""
+    done = {"n": 0}
+
+    def update(states: Any) -> Any:
+        states = states if isinstance(states, dict) else {}
+        done["n"] = change((states.get(NAME) or {}).get("events", []))
+        return states
+
+    if not localstate.update(state_dir, state_file(node), update):
         raise OSError("cannot write the Xid state in %s" % state_dir)
-    return n
+    return done["n"]
+
+
+def keep(new: Dict[str, Any], current: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The state this run computed, with the marks an operator put on an event (acknowledged,
+    reset) while the run was going: kept on every event this run did not see again."""
+    if not isinstance(current, dict) or current.get("boot_id") != new.get("boot_id"):
+        return new
+    marked = {r["key"]: r for r in current.get("events", []) if r.get("acked") or r.get("reset")}
+    for rec in new.get("events", []):
+        theirs = marked.get(rec["key"])
+        if theirs is not None and theirs.get("count") == rec.get("count") and theirs.get("seen") == rec.get("seen"):
+            if theirs.get("acked"):
+                rec["acked"] = True
+            if theirs.get("reset"):
+                rec["reset"] = theirs["reset"]
+    return new
 
 
 def gather(ctx: Context) -> Dict[str, Any]:
