@@ -328,3 +328,33 @@ def _ctx(host, state=None):
     from gpuhc.checks.base import Context
     return Context(node="n", context="check", gpu=None, host=host, config={},
                    previous={"xid": state} if state else {})
+
+
+def test_copytruncate_and_odd_siblings(tmp_path):
+    """copytruncate: the lines written after the last scan are in the copy (kern.log.1, a new inode
+    whose bytes up to the cursor match); a FIFO or a compressed file beside the log is never opened."""
+    import shutil
+    log = tmp_path / "kern.log"
+    log.write_text("[1.0] " + XID48 + "\n")
+    cursor = H._read_file_since(str(log), None).cursor
+    with open(log, "a") as fh:
+        fh.write("[2.0] " + XID79 + "\n")                  # written after the scan
+    os.mkfifo(str(tmp_path / "kern.log.fifo"))            # would block an open()
+    (tmp_path / "kern.log.2.gz").write_bytes(b"\x1f\x8b" + b"\0" * 500)
+    shutil.copyfile(log, tmp_path / "kern.log.1")         # logrotate copytruncate
+    with open(log, "r+") as fh:
+        fh.truncate(0)
+        fh.write("[3.0] " + XID48 + "\n")
+    chunk = H._read_file_since(str(log), cursor)
+    assert [e.xid for e in X.scan(chunk.text)] == [79, 48]
+    assert H._read_file_since(str(log), chunk.cursor).text == ""
+    # a sibling as large but with other bytes before the offset is not taken for the copy
+    other = tmp_path / "kern.log.old"
+    other.write_text("[0.5] " + XID79 + "\n" * 200)
+    with open(log, "a") as fh:
+        fh.write("[4.0] " + XID79 + "\n")
+    cursor = H._read_file_since(str(log), chunk.cursor).cursor
+    os.unlink(tmp_path / "kern.log.1")
+    with open(log, "r+") as fh:
+        fh.truncate(0)
+    assert H._read_file_since(str(log), cursor).text == ""

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import os
 import re
+import stat
 import subprocess
 import zlib
 from dataclasses import dataclass, field
@@ -258,7 +259,7 @@ def _read_file_since(path: str, cursor: Optional[Dict[str, Any]]) -> LogChunk:
         tail = fh.read(min(_TAIL, offset + end))
     text = data[:end].decode("utf-8", "replace")
     first = line + 1
-    rest = _rotated_rest(path, cursor, st.st_ino) if offset == 0 else ""
+    rest = _rotated_rest(path, cursor, st.st_ino) if offset == 0 else ""   # rotated, or truncated
     if rest:
         first = cursor.get("line", 0) + 1 if cursor else 1
     return LogChunk(rest + text, {"source": "file", "inode": st.st_ino, "offset": offset + end,
@@ -269,27 +270,38 @@ _PACKED = (".gz", ".xz", ".bz2", ".zst")
 
 
 def _rotated_rest(path: str, cursor: Optional[Dict[str, Any]], current: int) -> str:
-    """What the file the cursor points into got after the cursor, when that file is no longer
-    ``path`` (renamed by logrotate to path.1 or path-DATE in the same directory); '' otherwise."""
-    if not cursor or cursor.get("source") != "file" or cursor.get("inode") in (None, current):
+    """What the log had after the cursor when ``path`` no longer holds it: the file the cursor was
+    in, renamed by logrotate (path.1, path-DATE: same inode), or copied before a truncation
+    (copytruncate: the copy's bytes before the cursor's offset match the cursor's tail). Only
+    regular, uncompressed files beside ``path``; '' when none is found (with compress and no
+    delaycompress those lines are gone)."""
+    if not cursor or cursor.get("source") != "file" or not cursor.get("offset"):
         return ""
+    offset = cursor["offset"]
     folder, base = os.path.split(path)
     try:
         names = os.listdir(folder or ".")
     except OSError:
         return ""
+    candidates = []
     for name in names:
         if name == base or not name.startswith(base) or name.endswith(_PACKED):
             continue
+        full = os.path.join(folder, name)
         try:
-            with open(os.path.join(folder, name), "rb") as fh:
-                st = os.fstat(fh.fileno())
-                if st.st_ino != cursor["inode"]:
-                    continue
-                offset, _ = _file_resume(fh, st, cursor)
-                if offset != cursor.get("offset", 0):
-                    return ""           # cut short or rewritten: the place is lost
-                fh.seek(offset)
+            st = os.lstat(full)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_ino == current or st.st_size < offset:
+            continue            # a FIFO or device would block the open; a smaller file cannot hold it
+        if st.st_ino == cursor.get("inode") or "tail" in cursor:
+            candidates.append((st.st_ino != cursor.get("inode"), full, st.st_ino))
+    for _, full, inode in sorted(candidates):          # the renamed file first, then copies
+        try:
+            with open(full, "rb") as fh:
+                at, _ = _file_resume(fh, os.fstat(fh.fileno()), dict(cursor, inode=inode))
+                if at != offset:
+                    continue    # not the file the cursor was in
                 data = fh.read()
         except OSError:
             continue
