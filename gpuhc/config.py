@@ -116,7 +116,8 @@ def defaults() -> Dict[str, Any]:
 CONTEXTS = ("prolog", "epilog", "healthcheck", "check", "sweep", "quarantine")
 KERNEL_LOG_SOURCES = ("auto", "kmsg", "journal", "dmesg")
 TIERS = ("MONITOR", "RESET", "REBOOT", "ISOLATE")
-NUM = "amount"                 # a finite number, not negative (seconds, counts, thresholds)
+NUM = "amount"                 # a finite number, not negative (counts, thresholds)
+SECONDS = "duration"           # a time limit: above 0 (0 would turn a check into an ERROR that never drains)
 
 
 def _per(keys: Any, value: Any) -> Dict[str, Any]:
@@ -132,8 +133,8 @@ SCHEMA: Dict[str, Any] = {
     "profiles": "str?",
     "profile": "str?",
     "kernel_log": "str",
-    "detect": {"slurm_features": "bool", "cloud_metadata": "bool", "cloud_timeout": NUM},
-    "dcgm": {"level": "count", "levels": _per(CONTEXTS, "count"), "timeout": NUM, "required": "bool",
+    "detect": {"slurm_features": "bool", "cloud_metadata": "bool", "cloud_timeout": SECONDS},
+    "dcgm": {"level": "count", "levels": _per(CONTEXTS, "count"), "timeout": SECONDS, "required": "bool",
              "exclusive": "bool", "start_hostengine": "bool", "overrides": MapOf("text", OneOf("tier", TIERS))},
     "network": {"flap_threshold": NUM, "memlock": "bool", "efa_modules": ["str"], "ib_modules": ["str"]},
     "suites": MapOf("str", ["str"]),
@@ -141,19 +142,19 @@ SCHEMA: Dict[str, Any] = {
             "sxid_overrides": MapOf("index", OneOf("tier", TIERS))},
     "context_suites": _per(CONTEXTS, "str"),
     "timeouts": {
-        "check": NUM,
-        "checks": _per(CHECKS, NUM),
-        "budget": _per(CONTEXTS, NUM),
-        "command": NUM,
-        "store": NUM,
-        "store_read": NUM,
-        "act": NUM,
-        "reset": NUM,
+        "check": SECONDS,
+        "checks": _per(CHECKS, SECONDS),
+        "budget": _per(CONTEXTS, SECONDS),
+        "command": SECONDS,
+        "store": SECONDS,
+        "store_read": SECONDS,
+        "act": SECONDS,
+        "reset": SECONDS,
     },
     "history": {"max_records": "count", "max_age_days": NUM},
-    "status": {"stale_after": NUM},
+    "status": {"stale_after": SECONDS},
     "thresholds": _per(THRESHOLDS, NUM),
-    "slurm": {"backend": OneOf("backend", ("cli", "pyslurm", "auto", "none")), "timeout": NUM,
+    "slurm": {"backend": OneOf("backend", ("cli", "pyslurm", "auto", "none")), "timeout": SECONDS,
               "dry_run": "bool", "comment_monitor": "bool"},
     "breaker": {"enabled": "bool", "max_fraction": NUM, "max_nodes": "count?", "window": NUM},
     "resume": {"auto": "bool", "passes": "count", "suite_depth": MapOf("str", "count")},
@@ -194,6 +195,15 @@ def _check_meaning(cfg: Dict[str, Any], data: Dict[str, Any], source: str) -> No
     def fail(path: str, msg: str) -> ConfigError:
         return ConfigError("%s: %s: %s" % (source, path, msg))
 
+    for key in ("store", "state_dir"):
+        if not os.path.isabs(cfg[key]):
+            raise fail(key, "expected an absolute path (Slurm runs gpuhc from another directory), got %r" % cfg[key])
+    for section in ("overrides", "sxid_overrides"):
+        seen: Dict[int, Any] = {}
+        for key in cfg["xid"][section]:
+            if int(key) in seen:
+                raise fail("xid.%s" % section, "Xid %d given twice (%r and %r)" % (int(key), seen[int(key)], key))
+            seen[int(key)] = key
     known = tuple(CHECKS)
     for suite, names in (data.get("suites") or {}).items():
         for n, name in enumerate(names):

@@ -51,6 +51,7 @@ LEAVES = {
     "float": ("a number", is_number),
     "amount": ("a non-negative number", lambda v: is_number(v) and v >= 0),
     "seconds": ("a non-negative number of seconds", lambda v: is_number(v) and v >= 0),
+    "duration": ("a number of seconds above 0", lambda v: is_number(v) and v > 0),
     "bool": ("true/false", lambda v: isinstance(v, bool)),
     "str": ("a string", lambda v: isinstance(v, str)),
     "text": ("a string", lambda v: isinstance(v, str) or is_int(v)),   # an integer reads as its digits

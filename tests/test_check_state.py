@@ -81,3 +81,23 @@ def test_a_swapped_board_shows_once_in_history(tmp_path, make_cfg):
     assert "GPU3 0000:5d:00.0 is another board since the last run" in seen[2][0][1]
     assert "-> serial 1654923000123 (GPU-5e0c-new)" in seen[2][0][1]
     assert "(GPU-5e0c-new) -> serial" in seen[4][0][1]          # the old board back again
+
+
+def test_a_simulated_run_on_a_real_node_is_not_a_board_swap(tmp_path, make_cfg, monkeypatch):
+    """`gpuhc --simulate X check` on a GPU node must not leave simulated boards for the next real
+    run to call swapped."""
+    from gpuhc.backends.sim import SimHost
+    sc = tmp_path / "node.yaml"
+    sc.write_text("extends: h100-healthy\n")
+    cfg = make_cfg(simulate=str(sc))
+
+    def board_findings():
+        report, _, _ = session.run(cfg, "check", checks=["gpu_count"], node="gpu-007")
+        return [f.severity.value for f in report.findings if f.check == "gpu_count"]
+
+    assert board_findings() == ["PASS"]
+    monkeypatch.setattr(SimHost, "kind", "local")      # the same node, now as the real host
+    sc.write_text("extends: h100-healthy\ngpu: {identity: {serial: '1999'}}\n"
+                  + "".join("gpus: {%d: {identity: {uuid: GPU-real-%d}}}\n" % (i, i) for i in range(1)))
+    assert board_findings() == ["PASS"]
+    assert board_findings() == ["PASS"]

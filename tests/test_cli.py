@@ -58,7 +58,7 @@ def test_config_error_is_one_line_exit_2(tmp_path):
     res = gpuhc("check", "--simulate", "h100-healthy", env=isolated(tmp_path, "timeouts: {check: soon}\n"))
     assert res.returncode == 2
     assert res.stdout == "" and len(res.stderr.strip().splitlines()) == 1
-    assert "timeouts.check: expected a non-negative number" in res.stderr and "Traceback" not in res.stderr
+    assert "timeouts.check: expected a number of seconds above 0" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_unknown_scenario_and_check_are_usage_errors(tmp_path):

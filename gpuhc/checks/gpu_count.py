@@ -16,14 +16,16 @@ def gather(ctx: Context) -> Dict[str, Any]:
     inv = ctx.inventory
     boards = {ref.pci_bus_id: {"uuid": ref.uuid, "serial": inv.serials.get(ref.index), "index": ref.index}
               for ref in inv.gpus if ref.pci_bus_id and ref.uuid}
-    previous = ctx.previous_state(NAME).get("boards") or {}
+    kept = ctx.previous_state(NAME)
+    # boards seen by a simulated run are not this node's (and the other way round)
+    previous = (kept.get("boards") or {}) if kept.get("host") == ctx.host.kind else {}
     return {
         "nvml": [(ref.index, ref.pci_bus_id) for ref in inv.gpus],
         "names": [inv.names.get(ref.index, "") for ref in inv.gpus],
         "pci": ctx.host.pci_nvidia_gpus(),
         "boards": boards,
         "previous": previous,
-        "_state": {"boards": dict(previous, **boards)},   # a GPU missing this run keeps its last board
+        "_state": {"host": ctx.host.kind, "boards": dict(previous, **boards)},   # a GPU missing this run keeps its last board
     }
 
 
