@@ -159,24 +159,33 @@ class SlurmCli:
 
     def reservations(self) -> Dict[str, str]:
         """node -> the name of the active reservation it is in (one per node: the first listed)."""
-        from ..hostlist import expand
-
-        out: Dict[str, str] = {}
+        active = []
         for line in self._run(["scontrol", "show", "reservation", "--oneliner"]).splitlines():
             fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-            name, nodes = fields.get("ReservationName"), fields.get("Nodes", "")
-            if not name or not nodes or nodes == "(null)" or fields.get("State", "ACTIVE") != "ACTIVE":
-                continue
-            try:
-                for node in expand(nodes, "Nodes"):
-                    out.setdefault(node, name)
-            except Exception:
-                continue
-        return out
+            if fields.get("State", "ACTIVE") == "ACTIVE":
+                active.append((fields.get("ReservationName"), fields.get("Nodes", "")))
+        return reserved_nodes(active)
 
     def features(self, name: str) -> List[str]:
         view = self.node(name)
         return view.features if view else []
+
+
+def reserved_nodes(reservations: Iterable[Any]) -> Dict[str, str]:
+    """node -> reservation name from (name, Slurm hostlist) pairs of active reservations; the first
+    listed wins; a hostlist that cannot be read is skipped."""
+    from ..hostlist import expand
+
+    out: Dict[str, str] = {}
+    for name, nodes in reservations:
+        if not name or not nodes or nodes == "(null)":
+            continue
+        try:
+            for node in expand(nodes, "Nodes"):
+                out.setdefault(node, name)
+        except Exception:
+            continue
+    return out
 
 
 def node_features(node: str, timeout: float = 3.0) -> List[str]:

@@ -32,7 +32,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..bounded import Overtime, call_within
-from .slurm_cli import NodeView, SlurmCli, SlurmError, _words
+from .slurm_cli import NodeView, SlurmCli, SlurmError, _words, reserved_nodes
 
 
 def bounded(fn: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -215,8 +215,6 @@ class SlurmPyslurm:
 
     def reservations(self) -> Dict[str, str]:
         """node -> the name of the active reservation it is in (one per node: the first listed)."""
-        from ..hostlist import expand
-
         lib = self._pyslurm()
         if not hasattr(lib, "Reservations"):          # before pyslurm 25.x: scontrol
             return self._cli.reservations()
@@ -224,17 +222,6 @@ class SlurmPyslurm:
         def load() -> List[Tuple[str, str]]:
             return [(r.name, r.nodes or "") for r in _values(lib.Reservations.load()) if r.is_active]
 
-        out: Dict[str, str] = {}
-        for name, nodes in self._call("Reservations.load()", load):
-            if not name or not nodes or nodes == "(null)":
-                continue
-            try:
-                for node in expand(nodes, "Nodes"):
-                    out.setdefault(node, name)
-            except Exception:
-                continue
-        return out
+        return reserved_nodes(self._call("Reservations.load()", load))
 
-    def features(self, name: str) -> List[str]:
-        view = self.node(name)
-        return view.features if view else []
+    features = SlurmCli.features      # the node's features, through this backend's node()
