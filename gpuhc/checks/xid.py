@@ -76,6 +76,9 @@ def gather(ctx: Context) -> Dict[str, Any]:
     if new_boot:
         state = {"boot_id": boot, "cursor": _file_cursor(state.get("cursor")), "events": []}
     chunk = ctx.host.kernel_log_since(state.get("cursor"))
+    before = (state.get("cursor") or {}).get("source") or ""
+    if before.startswith("sim:") and chunk.cursor.get("source") != before:
+        state["events"] = []            # another scenario on this node name: another node's log
     new = X.scan(chunk.text, chunk.first_line)
     if new_boot and chunk.cursor.get("source") == "file":
         new = _this_boot(ctx, new)
