@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import config as C
 from . import policy, session
-from .backends.slurm_cli import NodeView, SlurmCli, SlurmError
+from .backends.slurm import NodeView, Slurm, SlurmError
+from .backends.slurm_cli import SlurmCli
 from .model import Report, Severity
 
 PROLOG, EPILOG, HEALTHCHECK = "prolog", "epilog", "healthcheck"
@@ -25,7 +26,7 @@ def log(line: str) -> None:
     print("gpuhc: %s" % line, file=sys.stderr)
 
 
-def slurm_backend(cfg: Dict[str, Any], deadline: Optional[float] = None) -> Optional[SlurmCli]:
+def slurm_backend(cfg: Dict[str, Any], deadline: Optional[float] = None) -> Optional[Slurm]:
     """The Slurm backend, or None where it is turned off or Slurm is not configured on this host.
     With ``deadline`` (time.monotonic()), no Slurm command runs past it. ``slurm.backend``: cli,
     pyslurm (the CLI with a warning where pyslurm is missing or built for another Slurm), auto
@@ -41,7 +42,7 @@ def slurm_backend(cfg: Dict[str, Any], deadline: Optional[float] = None) -> Opti
 
         fast = SlurmPyslurm(timeout=slurm.timeout, deadline=deadline)
         if fast.available():
-            return fast  # type: ignore[return-value]   # same interface as SlurmCli
+            return fast
         if choice == "pyslurm":
             log("warning: slurm.backend pyslurm not usable (%s): using the command-line tools" % fast.why_not)
     return slurm
@@ -81,7 +82,7 @@ def job_failed(env: Dict[str, str]) -> bool:
 
 
 def suite_for(cfg: Dict[str, Any], context: str, env: Dict[str, str],
-              slurm: Optional[SlurmCli] = None) -> str:
+              slurm: Optional[Slurm] = None) -> str:
     """The context's suite; for a failed job the epilog's failure suite, unless the operator
     allows opting out and the job's comment holds the token."""
     base = cfg["context_suites"].get(context, context)
@@ -120,7 +121,7 @@ class Outcome:
     exit_code: int
 
 
-def _view(slurm: Optional[SlurmCli], node: str) -> Optional[NodeView]:
+def _view(slurm: Optional[Slurm], node: str) -> Optional[NodeView]:
     if slurm is None:
         return None
     try:
@@ -130,7 +131,7 @@ def _view(slurm: Optional[SlurmCli], node: str) -> Optional[NodeView]:
         return None
 
 
-def _act(slurm: SlurmCli, node: str, action: policy.Action) -> policy.Action:
+def _act(slurm: Slurm, node: str, action: policy.Action) -> policy.Action:
     try:
         if action.kind == policy.DRAIN:
             slurm.drain(node, action.reason)
@@ -179,7 +180,7 @@ def kill_leftovers(ctx: Any) -> List[Any]:
     return out
 
 
-def decide_and_act(cfg: Dict[str, Any], report: Report, slurm: Optional[SlurmCli],
+def decide_and_act(cfg: Dict[str, Any], report: Report, slurm: Optional[Slurm],
                    deadline: Optional[float] = None) -> policy.Action:
     overall = report.overall
     if overall is Severity.PASS or overall is Severity.ERROR:
@@ -202,7 +203,7 @@ def decide_and_act(cfg: Dict[str, Any], report: Report, slurm: Optional[SlurmCli
     return action
 
 
-def healthy_again(cfg: Dict[str, Any], report: Report, slurm: Optional[SlurmCli],
+def healthy_again(cfg: Dict[str, Any], report: Report, slurm: Optional[Slurm],
                   deadline: Optional[float] = None) -> policy.Action:
     """A pass outside the prolog (healthcheck, sweep): the node comment gpuhc set for a MONITOR
     finding goes, and a gpuhc drain may be resumed on enough evidence."""
@@ -212,7 +213,7 @@ def healthy_again(cfg: Dict[str, Any], report: Report, slurm: Optional[SlurmCli]
     return consider_resume(cfg, report.node, slurm, latest=report, deadline=deadline, view=view)
 
 
-def consider_resume(cfg: Dict[str, Any], node: str, slurm: Optional[SlurmCli],
+def consider_resume(cfg: Dict[str, Any], node: str, slurm: Optional[Slurm],
                     latest: Optional[Report] = None, deadline: Optional[float] = None,
                     view: Optional[NodeView] = None) -> policy.Action:
     """Automatic resume of a gpuhc drain on enough evidence (healthcheck context, sweep)."""

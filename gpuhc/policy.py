@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-from .backends.slurm_cli import NodeView
+from .backends.slurm import NodeView
 from .model import Finding, Report, Severity
 
 PREFIX = "gpuhc:"

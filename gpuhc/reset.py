@@ -73,7 +73,7 @@ def busy(cfg: Dict[str, Any], node: str) -> Optional[str]:
     """Why a reset must not run now; None only when Slurm positively shows the node drained with
     no job on it, or when the config says there is no Slurm (slurm.backend: none)."""
     from . import actions
-    from .backends.slurm_cli import SlurmError
+    from .backends.slurm import SlurmError
 
     if cfg["slurm"]["backend"] == "none":
         return None

@@ -5,7 +5,7 @@ import pytest
 
 from gpuhc import reset as R
 from gpuhc import session
-from gpuhc.backends.slurm_cli import NodeView, SlurmError
+from gpuhc.backends.slurm import NodeView, SlurmError
 from gpuhc.errors import GpuhcError
 
 from conftest import gpuhc

@@ -11,45 +11,9 @@ import json
 import os
 import shutil
 import subprocess
-import time
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-
-class SlurmError(Exception):
-    """A Slurm command failed or timed out; the message says which and why."""
-
-
-@dataclass
-class NodeView:
-    name: str
-    states: Set[str]                     # base state and flags, upper case: IDLE, ALLOCATED, DRAIN, MAINT...
-    reason: str = ""
-    reason_time: Optional[int] = None    # epoch seconds the reason was set
-    partitions: List[str] = field(default_factory=list)
-    comment: str = ""
-    features: List[str] = field(default_factory=list)
-    boot_time: Optional[int] = None
-
-    @property
-    def drained(self) -> bool:
-        return "DRAIN" in self.states or "DRAINED" in self.states or "DRAINING" in self.states
-
-    @property
-    def down(self) -> bool:
-        return "DOWN" in self.states
-
-    @property
-    def owned_by_gpuhc(self) -> bool:
-        return self.reason.startswith("gpuhc:")
-
-
-def _words(value: Any) -> Set[str]:
-    if value is None:
-        return set()
-    if isinstance(value, str):
-        return {w.upper() for w in value.replace("+", " ").split() if w}
-    return {str(w).upper() for w in value}
+from .slurm import NodeView, Slurm, SlurmError, reserved_nodes, state_words
 
 
 def _number(value: Any) -> Optional[int]:
@@ -69,7 +33,7 @@ def parse_nodes(text: str) -> Dict[str, NodeView]:
         name = node.get("name") or node.get("hostname")
         if not name:
             continue
-        states = _words(node.get("state")) | _words(node.get("state_flags"))
+        states = state_words(node.get("state")) | state_words(node.get("state_flags"))
         feats = node.get("active_features") or node.get("features") or ""
         if isinstance(feats, str):
             feats = [f for f in feats.split(",") if f]
@@ -85,14 +49,10 @@ def parse_nodes(text: str) -> Dict[str, NodeView]:
     return out
 
 
-class SlurmCli:
+class SlurmCli(Slurm):
     """The default Slurm backend."""
 
     kind = "cli"
-
-    def __init__(self, timeout: float = 5.0, deadline: Optional[float] = None) -> None:
-        self.timeout = timeout
-        self.deadline = deadline             # time.monotonic() past which no command is started or waited for
 
     def available(self) -> bool:
         """The tools are installed and Slurm is configured on this host."""
@@ -103,11 +63,7 @@ class SlurmCli:
     def _run(self, argv: Sequence[str], timeout: Optional[float] = None) -> str:
         if shutil.which(argv[0]) is None:
             raise SlurmError("%s not found" % argv[0])
-        timeout = timeout or self.timeout
-        if self.deadline is not None:
-            timeout = min(timeout, self.deadline - time.monotonic())
-            if timeout < 0.05:
-                raise SlurmError("%s not run: the run's time budget is used up" % " ".join(argv[:3]))
+        timeout = self.time_left(" ".join(argv[:3]), timeout)
         try:
             proc = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                   timeout=timeout)
@@ -131,22 +87,10 @@ class SlurmCli:
         except (ValueError, TypeError, AttributeError) as exc:
             raise SlurmError("sinfo --json gave unreadable output: %s" % exc) from None
 
-    def node(self, name: str) -> Optional[NodeView]:
-        return self.nodes([name]).get(name)
-
     def update_node(self, name: str, **fields: str) -> None:
         argv = ["scontrol", "update", "NodeName=%s" % name]
         argv += ["%s=%s" % (k, v) for k, v in fields.items()]
         self._run(argv)
-
-    def drain(self, name: str, reason: str) -> None:
-        self.update_node(name, State="DRAIN", Reason=reason)
-
-    def resume(self, name: str) -> None:
-        self.update_node(name, State="RESUME")
-
-    def set_comment(self, name: str, comment: str) -> None:
-        self.update_node(name, Comment=comment)
 
     def job_comment(self, job_id: str) -> str:
         """The job's --comment ('' when none)."""
@@ -165,27 +109,6 @@ class SlurmCli:
             if fields.get("State", "ACTIVE") == "ACTIVE":
                 active.append((fields.get("ReservationName"), fields.get("Nodes", "")))
         return reserved_nodes(active)
-
-    def features(self, name: str) -> List[str]:
-        view = self.node(name)
-        return view.features if view else []
-
-
-def reserved_nodes(reservations: Iterable[Any]) -> Dict[str, str]:
-    """node -> reservation name from (name, Slurm hostlist) pairs of active reservations; the first
-    listed wins; a hostlist that cannot be read is skipped."""
-    from ..hostlist import expand
-
-    out: Dict[str, str] = {}
-    for name, nodes in reservations:
-        if not name or not nodes or nodes == "(null)":
-            continue
-        try:
-            for node in expand(nodes, "Nodes"):
-                out.setdefault(node, name)
-        except Exception:
-            continue
-    return out
 
 
 def node_features(node: str, timeout: float = 3.0) -> List[str]:

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import importlib
 import re
-import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..bounded import Overtime, call_within
-from .slurm_cli import NodeView, SlurmCli, SlurmError, _words, reserved_nodes
+from .slurm import NodeView, Slurm, SlurmError, reserved_nodes, state_words
+from .slurm_cli import SlurmCli
 
 
 def bounded(fn: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -76,7 +76,7 @@ def node_view(node: Any) -> NodeView:
     """A NodeView from a pyslurm.Node: the state string split into the same upper-case words as
     SlurmCli's (base state and flags: IDLE, DRAIN, MAINTENANCE, NOT_RESPONDING, ...)."""
     features = list(getattr(node, "active_features", None) or getattr(node, "available_features", None) or [])
-    return NodeView(name=node.name, states=_words(node.state), reason=node.reason or "",
+    return NodeView(name=node.name, states=state_words(node.state), reason=node.reason or "",
                     reason_time=_epoch(node.reason_time), partitions=list(node.partitions or []),
                     comment=node.comment or "", features=features, boot_time=_epoch(node.boot_time))
 
@@ -92,15 +92,14 @@ _FIELDS = {"state": "state", "reason": "reason", "comment": "comment", "weight":
            "activefeatures": "active_features"}
 
 
-class SlurmPyslurm:
+class SlurmPyslurm(Slurm):
     """Slurm through pyslurm; chosen by ``slurm.backend: pyslurm`` or ``auto`` (actions.slurm_backend)."""
 
     kind = "pyslurm"
     version_timeout = 2.0      # `scontrol --version` (it retries a missing slurm.conf for a minute)
 
     def __init__(self, timeout: float = 5.0, deadline: Optional[float] = None) -> None:
-        self.timeout = timeout
-        self.deadline = deadline             # time.monotonic() past which no call is started or waited for
+        super().__init__(timeout, deadline)
         self.why_not = ""                    # why available() said no, for the caller's warning
         self._lib: Any = None
         # the configured test, `scontrol --version`, and what pyslurm cannot do (clear a comment)
@@ -109,12 +108,7 @@ class SlurmPyslurm:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        limit = self.timeout
-        if self.deadline is not None:
-            limit = min(limit, self.deadline - time.monotonic())
-            if limit < 0.05:
-                raise SlurmError("pyslurm %s not run: the run's time budget is used up" % what)
-        return bounded(fn, limit, what)
+        return bounded(fn, self.time_left("pyslurm " + what), what)
 
     def _pyslurm(self) -> Any:
         if self._lib is None:
@@ -145,7 +139,7 @@ class SlurmPyslurm:
                 ours[0], ours[1], "%d.%02d" % theirs if theirs else "unknown")
         return ""
 
-    # -- the interface of SlurmCli --------------------------------------------------------------
+    # -- the Slurm interface (backends/slurm.py) ------------------------------------------------
 
     def available(self) -> bool:
         """Slurm is configured here (SlurmCli's test), pyslurm imports within the timeout, has the
@@ -193,15 +187,6 @@ class SlurmPyslurm:
         self._call("Node(%s).modify(%s)" % (name, ",".join(sorted(changes))),
                    lambda: lib.Node(name).modify(lib.Node(**changes)))
 
-    def drain(self, name: str, reason: str) -> None:
-        self.update_node(name, State="DRAIN", Reason=reason)
-
-    def resume(self, name: str) -> None:
-        self.update_node(name, State="RESUME")
-
-    def set_comment(self, name: str, comment: str) -> None:
-        self.update_node(name, Comment=comment)
-
     def job_comment(self, job_id: str) -> str:
         """The job's --comment ('' when none)."""
         try:
@@ -223,5 +208,3 @@ class SlurmPyslurm:
             return [(r.name, r.nodes or "") for r in _values(lib.Reservations.load()) if r.is_active]
 
         return reserved_nodes(self._call("Reservations.load()", load))
-
-    features = SlurmCli.features      # the node's features, through this backend's node()
