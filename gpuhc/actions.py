@@ -131,7 +131,9 @@ def _view(slurm: Optional[Slurm], node: str) -> Optional[NodeView]:
         return None
 
 
-def _act(slurm: Slurm, node: str, action: policy.Action) -> policy.Action:
+def _act(slurm: Slurm, node: str, action: policy.Action, view: Optional[NodeView] = None) -> policy.Action:
+    """Carry out a drain, comment or resume; a resume clears the node comment when gpuhc wrote it
+    (``view``: the node as seen before)."""
     try:
         if action.kind == policy.DRAIN:
             slurm.drain(node, action.reason)
@@ -139,7 +141,8 @@ def _act(slurm: Slurm, node: str, action: policy.Action) -> policy.Action:
             slurm.set_comment(node, action.reason)
         elif action.kind == policy.RESUME:
             slurm.resume(node)
-            slurm.set_comment(node, "")
+            if view is not None and view.comment and policy.comment_is_ours(view):
+                slurm.set_comment(node, "")
     except SlurmError as exc:
         log("warning: could not %s %s: %s" % (action.kind, node, exc))
         return policy.Action(policy.SKIP, action.reason, "Slurm refused: %s" % exc)
@@ -200,7 +203,34 @@ def decide_and_act(cfg: Dict[str, Any], report: Report, slurm: Optional[Slurm],
     action = policy.decide(report, view, cfg, nodes)
     if slurm is not None and action.kind in (policy.DRAIN, policy.COMMENT):
         action = _act(slurm, report.node, action)
+        if action.kind == policy.DRAIN and nodes is not None:
+            action = _breaker_after_drain(cfg, slurm, report.node, action, deadline)
     return action
+
+
+def _breaker_after_drain(cfg: Dict[str, Any], slurm: Slurm, node: str, action: policy.Action,
+                         deadline: Optional[float]) -> policy.Action:
+    """The breaker counted the drains before this one, but the prologs of one job start together
+    and each counted before any drained. So once drained, wait ``breaker.settle`` seconds for the
+    others' drains to show, count again, and undo this drain when the drains that came first
+    already fill the limit (only while the reason is still the one written here)."""
+    left = _left(deadline)
+    time.sleep(max(0.0, min(float(cfg["breaker"]["settle"]), left / 2 if left is not None else 1e9)))
+    try:
+        nodes = slurm.nodes()
+    except SlurmError as exc:
+        log("warning: breaker cannot recount after draining %s, drain kept: %s" % (node, exc))
+        return action
+    view = nodes.get(node)
+    if view is None or view.reason != action.reason:
+        return action
+    why = policy.breaker_open(view, nodes, cfg, first=True)
+    if not why:
+        return action
+    undone = _act(slurm, node, policy.Action(policy.RESUME, why=why))
+    if undone.kind != policy.RESUME:
+        return action
+    return policy.Action(policy.WOULD_DRAIN, action.reason, why + " (drained at the same moment as others: undone)")
 
 
 def healthy_again(cfg: Dict[str, Any], report: Report, slurm: Optional[Slurm],
@@ -230,7 +260,7 @@ def consider_resume(cfg: Dict[str, Any], node: str, slurm: Optional[Slurm],
     drained_by = next((r for r in history if r.action == policy.DRAIN), None)
     action = policy.may_resume(view, history, cfg, drained_by)
     if action.kind == policy.RESUME and slurm is not None:
-        action = _act(slurm, node, action)
+        action = _act(slurm, node, action, view)
     return action
 
 
@@ -241,7 +271,7 @@ def run_context(cfg: Dict[str, Any], context: str, node: Optional[str] = None, s
     slurm = slurm_backend(cfg, deadline)
     suite = suite_for(cfg, context, env, slurm)
     report, _, ctx = session.run(cfg, context, suite=suite, node=node, simulate=simulate,
-                                 job_id=env.get("SLURM_JOB_ID"), job_gpus=job_gpus(env))
+                                 job_id=env.get("SLURM_JOB_ID"), job_gpus=job_gpus(env), deadline=deadline)
     if context == EPILOG and cfg["epilog"]["kill_leftover_processes"]:
         report.findings.extend(kill_leftovers(ctx))
     action = decide_and_act(cfg, report, slurm, deadline)
@@ -332,13 +362,13 @@ def resume_nodes(cfg: Dict[str, Any], nodes: Sequence[str], force: bool) -> List
             out.append((node, "refused", "drained by someone else: %s" % (view.reason or "no reason")))
         elif force:
             store.acknowledge(node)
-            action = _act(slurm, node, policy.Action(policy.RESUME, why="forced by operator"))
+            action = _act(slurm, node, policy.Action(policy.RESUME, why="forced by operator"), view)
             out.append((node, "resumed" if action.kind == policy.RESUME else "error", action.why))
         else:
             history = store.history(node)
             drained_by = next((r for r in history if r.action == policy.DRAIN), None)
             action = policy.may_resume(view, history, cfg, drained_by, manual=True)
             if action.kind == policy.RESUME:
-                action = _act(slurm, node, action)
+                action = _act(slurm, node, action, view)
             out.append((node, "resumed" if action.kind == policy.RESUME else "kept", action.why))
     return out

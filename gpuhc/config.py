@@ -99,7 +99,9 @@ def defaults() -> Dict[str, Any]:
         # dry_run records what would be drained
         "slurm": {"backend": "cli", "timeout": 5.0, "dry_run": False, "comment_monitor": True},
         # stop draining past this share of a partition (or the cluster) drained by gpuhc within window s
-        "breaker": {"enabled": True, "max_fraction": 0.1, "max_nodes": None, "window": 86400.0},
+        # settle: after a drain, how long to wait for drains started at the same moment to show
+        # before counting again (prologs of one job start together; see actions._breaker_after_drain)
+        "breaker": {"enabled": True, "max_fraction": 0.1, "max_nodes": None, "window": 86400.0, "settle": 1.0},
         # automatic resume: consecutive passes of a suite at least as deep as the draining one
         "resume": {"auto": True, "passes": 3,
                    "suite_depth": {"prolog": 1, "epilog": 1, "healthcheck": 1, "lightweight": 1, "check": 1,
@@ -156,7 +158,7 @@ SCHEMA: Dict[str, Any] = {
     "thresholds": _per(THRESHOLDS, NUM),
     "slurm": {"backend": OneOf("backend", ("cli", "pyslurm", "auto", "none")), "timeout": SECONDS,
               "dry_run": "bool", "comment_monitor": "bool"},
-    "breaker": {"enabled": "bool", "max_fraction": NUM, "max_nodes": "count?", "window": NUM},
+    "breaker": {"enabled": "bool", "max_fraction": NUM, "max_nodes": "count?", "window": NUM, "settle": "seconds"},
     "resume": {"auto": "bool", "passes": "count", "suite_depth": MapOf("str", "count")},
     "epilog": {"failure_suite": "str", "kill_leftover_processes": "bool"},
     "job_optout": {"allowed": "bool", "token": "str"},

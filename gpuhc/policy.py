@@ -30,9 +30,15 @@ REASON_MAX = 200
 # as the flag FAIL without DRAIN, both seen on 22.05).
 HANDS_OFF = {"BOOT", "REBOOT", "REBOOT_REQUESTED", "REBOOT_ISSUED", "MAINT", "MAINTENANCE", "FUTURE",
              "DOWN", "FAIL", "FAILING", "UNKNOWN", "NOT_RESPONDING", "NO_RESPOND", "POWERED_DOWN",
-             "POWERING_DOWN", "POWERING_UP", "POWER_DOWN", "RESERVED_MAINT", "PLANNED", "INVALID_REG"}
+             "POWERING_DOWN", "POWERING_UP", "POWER_DOWN", "RESERVED_MAINT", "INVALID_REG"}
+# (PLANNED is not here: it is an idle node the backfill scheduler holds for a pending job, which
+# is exactly the node a bad GPU must be drained from before that job lands.)
 
 NONE, DRAIN, WOULD_DRAIN, COMMENT, RESUME, SKIP = "none", "drain", "would-drain", "comment", "resume", "skip"
+# Slurm sets a drain's reason time a little after the report that caused it ended (the act
+# phase; and slurmctld's clock is not the node's): a newest drain record older than this before
+# the reason time belongs to an earlier drain.
+DRAIN_RECORD_SLACK = 120.0
 HELD = "held"       # already drained by gpuhc for at least this severity: the reason is kept
 
 
@@ -108,16 +114,21 @@ def hands_off(view: Optional[NodeView]) -> Optional[str]:
 
 
 def breaker_open(view: NodeView, nodes: Dict[str, NodeView], cfg: Dict[str, Any],
-                 now: Optional[float] = None) -> Optional[str]:
-    """Why one more drain would exceed the breaker, or None."""
+                 now: Optional[float] = None, first: bool = False) -> Optional[str]:
+    """Why one more drain (this node's) would exceed the breaker, or None. With ``first``, the
+    check after this node drained: only the drains that came before its own count, in the order
+    every node sees alike (reason time, then name), so of the prologs that drained at the same
+    moment those past the limit find out and undo theirs."""
     b = cfg["breaker"]
     if not b["enabled"]:
         return None
     now = time.time() if now is None else now
+    mine = (view.reason_time or now, view.name)
 
     def recent_gpuhc_drain(n: NodeView) -> bool:
         return n.drained and n.owned_by_gpuhc and n.name != view.name and (
-            n.reason_time is None or now - n.reason_time <= b["window"])
+            n.reason_time is None or now - n.reason_time <= b["window"]) and (
+            not first or (n.reason_time or 0, n.name) < mine)
 
     scopes = [("cluster", list(nodes.values()))]
     for part in view.partitions:
@@ -151,12 +162,16 @@ def decide(report: Report, view: Optional[NodeView], cfg: Dict[str, Any],
         text = "%s MONITOR %s" % (PREFIX, _short(top_finding(report)))
         if view.comment == text:
             return Action(NONE, why="comment already set")
+        if not comment_is_ours(view):
+            return Action(NONE, why="monitor finding; the node comment is someone else's: kept")
         return Action(COMMENT, reason=text, why="monitor finding")
     reason = drain_reason(report)
     if view.drained:              # already drained by gpuhc: only escalate the reason
         old = reason_severity(view.reason)
         if old is not None and old.rank >= overall.rank:
             return Action(HELD, reason=view.reason, why="already drained by gpuhc (%s)" % old.value)
+        if cfg["slurm"]["dry_run"]:
+            return Action(HELD, reason=view.reason, why="dry_run: would escalate from %s" % (old.value if old else "?"))
         return Action(DRAIN, reason=reason, why="escalated from %s" % (old.value if old else "?"))
     if cfg["slurm"]["dry_run"]:
         return Action(WOULD_DRAIN, reason=reason, why="dry_run")
@@ -164,6 +179,11 @@ def decide(report: Report, view: Optional[NodeView], cfg: Dict[str, Any],
     if why:
         return Action(WOULD_DRAIN, reason=reason, why=why)
     return Action(DRAIN, reason=reason, why="unhealthy")
+
+
+def comment_is_ours(view: NodeView) -> bool:
+    """gpuhc sets or clears only an empty node comment or one it wrote."""
+    return not view.comment or view.comment.startswith(PREFIX)
 
 
 def _short(f: Optional[Finding]) -> str:
@@ -181,9 +201,11 @@ def may_resume(view: Optional[NodeView], history: Sequence[Report], cfg: Dict[st
     the same evidence whether or not automatic resume is on).
 
     Needs ``resume.passes`` consecutive healthy reports (PASS or MONITOR) of a suite at least
-    as deep as the one that drained, newer than the drain; after a REBOOT drain they must come
-    from a new boot; an ISOLATE drain is never resumed on evidence. Without the drain's own
-    record (compacted away, or drained elsewhere) the evidence cannot be weighed: no resume.
+    as deep as the one that drained, that ran the checks which found the drain's problem,
+    started after the drain (after its record, and after the reason time Slurm shows); after a
+    REBOOT drain they must come from a known new boot id; an ISOLATE drain is never resumed on
+    evidence. Without the drain's own record (compacted away, drained elsewhere, or still in a
+    node's spool) the evidence cannot be weighed: no resume.
     A node in a state gpuhc keeps its hands off (reboot requested, maintenance, down, ...) is
     not resumed either.
     """
@@ -199,11 +221,17 @@ def may_resume(view: Optional[NodeView], history: Sequence[Report], cfg: Dict[st
         return Action(NONE, why="ISOLATE drains are resumed only by an operator (--force)")
     if drained_by is None:
         return Action(NONE, why="no record of the drain in the store: resume by hand (--force)")
+    set_at = view.reason_time
+    if set_at is not None and drained_by.ended < set_at - DRAIN_RECORD_SLACK:
+        return Action(NONE, why="the store has no record of this drain yet (the newest is %s older): no resume"
+                      % _age(set_at - drained_by.ended))
     need = int(cfg["resume"]["passes"])
     depth = suite_depth(cfg, drained_by.suite)
+    # the checks that found the drain's problem must have run (and passed) in every pass
+    culprits = {f.check for f in drained_by.findings if f.severity.unhealthy}
     passes: List[Report] = []
     for rep in history:
-        if drained_by is not None and rep.started <= drained_by.started:
+        if rep.started <= drained_by.started or (set_at is not None and rep.started < set_at):
             break
         if rep.overall.unhealthy:
             break
@@ -211,10 +239,18 @@ def may_resume(view: Optional[NodeView], history: Sequence[Report], cfg: Dict[st
             continue
         if suite_depth(cfg, rep.suite) < depth:
             continue
-        if severity is Severity.REBOOT and rep.boot_id == drained_by.boot_id:
+        if not culprits <= {f.check for f in rep.findings if f.severity in (Severity.PASS, Severity.MONITOR)}:
+            continue
+        if severity is Severity.REBOOT and (rep.boot_id is None or drained_by.boot_id is None
+                                            or rep.boot_id == drained_by.boot_id):
             continue
         passes.append(rep)
         if len(passes) >= need:
             return Action(RESUME, why="%d consecutive passes since the %s drain" % (need, severity.value if severity else "gpuhc"))
     extra = " on a new boot" if severity is Severity.REBOOT else ""
-    return Action(NONE, why="%d of %d passes%s since the drain" % (len(passes), need, extra))
+    ran = " that ran %s" % ", ".join(sorted(culprits)) if culprits else ""
+    return Action(NONE, why="%d of %d passes%s%s since the drain" % (len(passes), need, ran, extra))
+
+
+def _age(seconds: float) -> str:
+    return "%.0f s" % seconds if seconds < 7200 else "%.1f h" % (seconds / 3600)

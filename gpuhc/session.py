@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import config as C
@@ -98,8 +99,11 @@ def _ack_time(cfg: Dict[str, Any], node: str) -> Optional[float]:
 
 def run(cfg: Dict[str, Any], context: str, suite: Optional[str] = None, checks: Sequence[str] = (),
         node: Optional[str] = None, simulate: Optional[str] = None,
-        job_id: Optional[str] = None, job_gpus: Optional[set] = None) -> Tuple[Report, P.Detection, Context]:
-    """One health-check run; raises GpuhcError on bad input (config, profile, scenario)."""
+        job_id: Optional[str] = None, job_gpus: Optional[set] = None,
+        deadline: Optional[float] = None) -> Tuple[Report, P.Detection, Context]:
+    """One health-check run; raises GpuhcError on bad input (config, profile, scenario). With
+    ``deadline`` (time.monotonic() at which the whole context run must end), the checks get what
+    is left of it less the share kept for acting on the result."""
     node = node_name(node)
     profiles = P.load(cfg.get("profiles"))
     if checks:
@@ -113,7 +117,11 @@ def run(cfg: Dict[str, Any], context: str, suite: Optional[str] = None, checks: 
                   job_id=job_id or os.environ.get("SLURM_JOB_ID"), job_gpus=job_gpus)
     ctx.ack_time = lambda: _ack_time(cfg, node)
     runner = Runner(ctx, detector(cfg, profiles))
-    report = runner.run(names, C.checks_budget(cfg, context), suite=suite)
+    limit = C.checks_budget(cfg, context)
+    if deadline is not None:
+        keep = C.budget(cfg, context) - limit
+        limit = max(0.0, min(limit, deadline - time.monotonic() - keep))
+    report = runner.run(names, limit, suite=suite)
     if gpu.hung is None:
         try:
             gpu.close()

@@ -58,7 +58,7 @@ def test_healthy_prolog_makes_no_slurm_call(tmp_path):
     res = gpuhc("prolog", "--simulate", "h100-xid79", env=env)
     assert res.returncode == 1, res.stdout + res.stderr
     made = calls_of(calls)
-    assert made[0].startswith("sinfo --json --nodes gpu-001")
+    assert made[0].startswith("sinfo --json --Node --nodes gpu-001")
     assert any(c.startswith("scontrol update NodeName=gpu-001 State=DRAIN Reason=gpuhc: REBOOT xid:") for c in made)
 
 

@@ -76,6 +76,15 @@ class Site:
         res = self.gpuhc("history", node, "--json", check=True)
         return json.loads(res.stdout)
 
+    def newest(self, node, context, timeout=20):
+        """The newest record of ``context`` on ``node``, waiting for it: a drain shows in Slurm a
+        moment before its record reaches the store (the breaker's recount comes in between)."""
+        def found():
+            res = self.gpuhc("history", node, "--json")
+            records = json.loads(res.stdout) if res.returncode == 0 else []
+            return next((r for r in records if r["context"] == context), None)
+        return wait_for(found, timeout, "a %s record of %s in the store" % (context, node))
+
     def wait_drained(self, node, timeout=60):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -133,7 +142,7 @@ def test_xid79_node_is_drained_and_the_job_finishes_elsewhere(site):
     info = s.cluster.job(job)
     assert info["NodeList"] != "gpu-002" and int(info["Restarts"]) >= 1, info
     assert s.state("gpu-002")[1] == reason          # Slurm kept gpuhc's reason
-    prolog = [r for r in s.history("gpu-002") if r["context"] == "prolog"][0]
+    prolog = s.newest("gpu-002", "prolog")
     assert prolog["action"] == "drain" and prolog["job_id"] == str(job)
 
 
@@ -171,7 +180,7 @@ def test_xid_during_a_job_is_drained_by_the_epilog_and_tied_to_the_job(site):
     assert s.cluster.wait_job(job, timeout=90) == "COMPLETED", s.cluster.job(job)
     reason = s.wait_drained("gpu-001")
     assert reason.startswith("gpuhc: REBOOT xid: Xid 79 on GPU3") and reason.endswith("job %d" % job), reason
-    epilog = [r for r in s.history("gpu-001") if r["context"] == "epilog"][0]
+    epilog = s.newest("gpu-001", "epilog")
     assert epilog["job_id"] == str(job) and epilog["action"] == "drain"
     assert any(f["check"] == "xid" and f["severity"] == "REBOOT" and f["gpu"]["index"] == 3 for f in epilog["findings"])
     prolog = [r for r in s.history("gpu-001") if r["context"] == "prolog"][0]
@@ -221,7 +230,7 @@ def test_hung_nvml_prolog_returns_within_budget_and_drains_reboot(site):
     job = s.cluster.sbatch(JOB)
     reason = s.wait_drained("gpu-004", timeout=60)
     assert reason.startswith("gpuhc: REBOOT nvml: GPU library call device_count did not return within 2s"), reason
-    prolog = [r for r in s.history("gpu-004") if r["context"] == "prolog"][0]
+    prolog = s.newest("gpu-004", "prolog")
     assert prolog["action"] == "drain" and prolog["duration_s"] < 6, prolog["duration_s"]
     s.release("gpu-004")
     assert s.cluster.wait_job(job, timeout=120) == "COMPLETED"

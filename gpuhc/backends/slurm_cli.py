@@ -25,27 +25,62 @@ def _number(value: Any) -> Optional[int]:
         return None
 
 
+def _features(value: Any) -> List[str]:
+    if isinstance(value, dict):           # 23.11+ sinfo records: {"total": "a,b", "active": "a"}
+        value = value.get("active") or value.get("total")
+    if isinstance(value, str):
+        return [f for f in value.split(",") if f]
+    return [str(f) for f in value or []]
+
+
+def _add(out: Dict[str, NodeView], view: NodeView) -> None:
+    """One view per node: sinfo repeats a node once per partition."""
+    seen = out.get(view.name)
+    if seen is None:
+        out[view.name] = view
+    else:
+        seen.partitions.extend(p for p in view.partitions if p not in seen.partitions)
+
+
+def _record_views(rec: Dict[str, Any]) -> List[NodeView]:
+    """Slurm 23.11 and later: ``{"sinfo": [record...]}``, a record per node and partition (with
+    -N): ``nodes.nodes`` the names, ``node.state`` the state words, ``reason.description`` and
+    ``reason.time``, ``partition.name``, ``features.active``, ``comment``."""
+    names = (rec.get("nodes") or {}).get("nodes") or []
+    if isinstance(names, str):
+        from ..hostlist import expand
+        names = expand(names, "nodes")
+    reason = rec.get("reason") or {}
+    if isinstance(reason, str):
+        reason = {"description": reason}
+    part = rec.get("partition") or {}
+    part_name = part.get("name") if isinstance(part, dict) else part
+    return [NodeView(name=name, states=state_words((rec.get("node") or {}).get("state")),
+                     reason=reason.get("description") or "", reason_time=_number(reason.get("time")),
+                     partitions=[part_name] if part_name else [], comment=rec.get("comment") or "",
+                     features=_features(rec.get("features")))
+            for name in names if name]
+
+
 def parse_nodes(text: str) -> Dict[str, NodeView]:
-    """NodeViews from ``sinfo --json`` (22.05 through 24.x shapes)."""
+    """NodeViews from ``sinfo --json``: ``{"nodes": [...]}`` of Slurm 22.05 to 23.02 (23.02 gives
+    ``state`` as a list), or ``{"sinfo": [...]}`` records of 23.11 and later."""
     data = json.loads(text)
     out: Dict[str, NodeView] = {}
-    for node in data.get("nodes", []):
+    for rec in data.get("sinfo") or []:
+        for view in _record_views(rec):
+            _add(out, view)
+    for node in data.get("nodes") or []:
         name = node.get("name") or node.get("hostname")
         if not name:
             continue
-        states = state_words(node.get("state")) | state_words(node.get("state_flags"))
-        feats = node.get("active_features") or node.get("features") or ""
-        if isinstance(feats, str):
-            feats = [f for f in feats.split(",") if f]
-        view = out.get(name)
         parts = node.get("partitions") or ([node["partition"]] if node.get("partition") else [])
-        if view is not None:                  # sinfo repeats a node once per partition
-            view.partitions.extend(p for p in parts if p not in view.partitions)
-            continue
-        out[name] = NodeView(name=name, states=states, reason=node.get("reason") or "",
-                             reason_time=_number(node.get("reason_changed_at") or node.get("reason_set_at")),
-                             partitions=list(parts), comment=node.get("comment") or "", features=list(feats),
-                             boot_time=_number(node.get("boot_time")))
+        _add(out, NodeView(name=name, states=state_words(node.get("state")) | state_words(node.get("state_flags")),
+                           reason=node.get("reason") or "",
+                           reason_time=_number(node.get("reason_changed_at") or node.get("reason_set_at")),
+                           partitions=list(parts), comment=node.get("comment") or "",
+                           features=_features(node.get("active_features") or node.get("features")),
+                           boot_time=_number(node.get("boot_time"))))
     return out
 
 
@@ -77,7 +112,7 @@ class SlurmCli(Slurm):
         return proc.stdout
 
     def nodes(self, names: Optional[Iterable[str]] = None) -> Dict[str, NodeView]:
-        argv = ["sinfo", "--json"]
+        argv = ["sinfo", "--json", "--Node"]      # 23.11+: a record per node, never a group
         names = list(names or [])
         if names:
             argv += ["--nodes", ",".join(names)]
