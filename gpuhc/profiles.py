@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shlex
 from dataclasses import dataclass, field, fields
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
@@ -152,11 +153,25 @@ def lookup(profiles: Dict[str, Profile], label: str) -> Optional[Profile]:
     return None
 
 
+# Words in a GPU name that mark a board form factor: "NVIDIA H100 PCIe", "NVIDIA A100-PCIE-40GB",
+# "NVIDIA H200 NVL". A profile's model names the SXM part by the chip alone ("H100"), so a PCIe or
+# NVL board would match an NVSwitch system's profile and drain for NVLinks and a fabric it never had.
+FORM_FACTORS = ("pcie", "nvl")
+
+
+def _words(text: str) -> set:
+    return set(re.split(r"[^a-z0-9]+", text.lower()))
+
+
 def match_gpus(profiles: Dict[str, Profile], gpu_name: str, count: int) -> Optional[Profile]:
-    """The first auto profile whose model is in the GPU name and whose count matches."""
+    """The first auto profile whose model is in the GPU name and whose count matches, where the
+    model names the board's form factor (PCIe, NVL) whenever the GPU name does."""
     low = gpu_name.lower()
+    forms = _words(gpu_name) & set(FORM_FACTORS)
     for profile in profiles.values():
-        if profile.auto and profile.model and profile.model.lower() in low and profile.gpus == count:
+        if not (profile.auto and profile.model and profile.model.lower() in low and profile.gpus == count):
+            continue
+        if forms <= _words(profile.model):
             return profile
     return None
 

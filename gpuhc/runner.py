@@ -17,7 +17,7 @@ from . import config as C
 from . import localstate
 from . import profiles as P
 from .backends.gpu import GpuError
-from .checks.base import Context, gpu_error_finding, state_file
+from .checks.base import BOOTS, Context, gpu_error_finding, state_file
 from .bounded import Overtime, call_within
 from .errors import ConfigError
 from .model import Finding, GpuRef, Report, Severity
@@ -108,7 +108,7 @@ class Runner:
         self._save_state()
         return Report(node=self.ctx.node, context=self.ctx.context, profile=self.ctx.profile.name,
                       started=started_wall, ended=time.time(), findings=findings, job_id=self.ctx.job_id,
-                      boot_id=self._boot_id(), suite=suite, gpus=self._gpus())
+                      boot_id=self.ctx.boot_id, suite=suite, gpus=self._gpus())
 
     def _gather_inventory(self, deadline: float) -> Tuple[List[Finding], Any]:
         module = catalogue.load("nvml")
@@ -122,6 +122,7 @@ class Runner:
 
     def load_state(self) -> None:
         self.ctx.previous = localstate.read(self.ctx.config["state_dir"], state_file(self.ctx.node)) or {}
+        self.ctx.boot_id = self._boot_id()
 
     def _save_state(self) -> None:
         """This run's check states written over the file as it is now (another gpuhc may have
@@ -132,9 +133,13 @@ class Runner:
 
         def change(current: Any) -> dict:
             merged = dict(current) if isinstance(current, dict) else dict(self.ctx.previous)
+            boots = merged.get(BOOTS)
+            boots = dict(boots) if isinstance(boots, dict) else {}
             for name, state in self.new_state.items():
                 keep = getattr(catalogue.load(name), "keep", None)
                 merged[name] = keep(state, merged.get(name)) if keep is not None else state
+                boots[name] = self.ctx.boot_id
+            merged[BOOTS] = boots
             return merged
 
         localstate.update(self.ctx.config["state_dir"], state_file(self.ctx.node), change)

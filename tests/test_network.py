@@ -68,7 +68,7 @@ def test_missing_ib_devices_are_reset():
 def test_down_port_against_the_profile_is_reset():
     out = evaluate(hcas(8, {5: port(state="1: DOWN", phys="3: Disabled")}))
     assert problems(out) == [("RESET", "mlx5_5/1", "InfiniBand port mlx5_5/1 is DOWN, physical state Disabled "
-                                                  "(7 of 8 expected ports active)")]
+                                                  "(7 of 8 expected ports active at 400 Gb/s)")]
 
 
 def test_active_port_without_linkup_counts_as_down():
@@ -92,7 +92,7 @@ def test_extra_down_port_beyond_the_expectation_is_monitor():
 
 def test_degraded_rate_against_the_profile_is_reset():
     out = evaluate(hcas(8, {3: port(rate="200 Gb/sec (4X HDR)")}))
-    assert problems(out) == [("RESET", "mlx5_3/1", "InfiniBand port mlx5_3/1 at 200 Gb/s, profile expects 400 (degraded link)")]
+    assert problems(out) == [("RESET", "mlx5_3/1", "InfiniBand port mlx5_3/1 at 200 Gb/s, profile expects 8 ports at 400, 7 are (degraded link)")]
     assert out[0].metrics["rate"] == 200.0
 
 

@@ -67,9 +67,20 @@ class Context:
         minor = self.inventory.minors.get(index) if self.inventory is not None else None
         return (index if minor is None else minor) in self.job_gpus
 
+    # this boot's id (the runner sets it before the checks run); None when it cannot be read
+    boot_id: Optional[str] = None
+
     def previous_state(self, check: str) -> Dict[str, Any]:
         value = self.previous.get(check)
         return value if isinstance(value, dict) else {}
+
+    def booted_since(self, check: str) -> bool:
+        """Whether the node booted since ``check`` last saved its state: counters that start again
+        with the driver (PCIe replays, NVLink errors, IB link_downed) then count from zero, not
+        from the old boot's last value. False where either boot id is unknown."""
+        boots = self.previous.get(BOOTS)
+        was = boots.get(check) if isinstance(boots, dict) else None
+        return bool(self.boot_id and was and was != self.boot_id)
 
     def command_timeout(self) -> float:
         return float(self.config["timeouts"]["command"])
@@ -88,6 +99,9 @@ class Context:
         if inv is None:
             return []
         return [ref for ref in inv.gpus if ref.index not in inv.errors]
+
+
+BOOTS = "_boots"      # key of the state file: check -> the boot id its state was saved in
 
 
 def state_file(node: str) -> str:
@@ -173,9 +187,12 @@ def by_uuid(entries: List[Entry], fn: Callable[[Any], Any]) -> Dict[str, Any]:
     return {e.gpu.uuid: fn(e.value) for e in entries if e.error is None and e.gpu.uuid}
 
 
-def delta(now: Optional[float], before: Optional[float]) -> Optional[float]:
+def delta(now: Optional[float], before: Optional[float], booted: bool = False) -> Optional[float]:
     """Growth of a counter since the previous run; None without a previous value; a counter
-    that went down (reset) counts from zero."""
+    that went down (reset) counts from zero, and so does one that restarts with the driver
+    when the node ``booted`` since that run."""
+    if booted:
+        before = 0
     if now is None or before is None:
         return None
     return now - before if now >= before else now

@@ -57,14 +57,18 @@ def _one(gpu: GpuRef, ecc: Dict[str, Any], profile, config, previous: Dict[str, 
     # for a GPU that keeps failing jobs however well it remaps, or whose remap state cannot be read
     # (MIG with active instances). Never RESET: a reset does not lower a lifetime count, so a RESET
     # would drain again after every reset.
-    dram, dram_limit = agg.get("uncorrected_dram") or 0, threshold(config, "ecc_dram_uncorrected")
+    # Where NVML has no per-location counts (they need InfoROM ECC 2.0; pre-Ampere GPUs have other
+    # locations) but gives the total, the total gets the same backstop.
+    located = agg.get("uncorrected_sram") is not None or agg.get("uncorrected_dram") is not None
+    dram, what = (agg.get("uncorrected_dram") or 0, "DRAM ") if located else (agg.get("uncorrected") or 0, "")
+    dram_limit = threshold(config, "ecc_dram_uncorrected")
     if dram > dram_limit:
-        out.append(Finding(NAME, Severity.ISOLATE, "%d uncorrectable DRAM ECC errors over the GPU's life (limit %g)"
-                           % (dram, dram_limit), gpu=gpu, metrics=metrics,
+        out.append(Finding(NAME, Severity.ISOLATE, "%d uncorrectable %sECC errors over the GPU's life (limit %g)"
+                           % (dram, what, dram_limit), gpu=gpu, metrics=metrics,
                            remediation="take the GPU out of service; run the field diagnostic and open an RMA"))
     elif dram > 0:
-        out.append(Finding(NAME, Severity.MONITOR, "%d uncorrectable DRAM ECC error(s) over the GPU's life (limit %g)"
-                           % (dram, dram_limit), gpu=gpu, metrics=metrics,
+        out.append(Finding(NAME, Severity.MONITOR, "%d uncorrectable %sECC error(s) over the GPU's life (limit %g)"
+                           % (dram, what, dram_limit), gpu=gpu, metrics=metrics,
                            remediation="memory_remap shows whether they were remapped; replace the GPU if the "
                                        "count keeps rising"))
     if (vol.get("uncorrected") or 0) > threshold(config, "ecc_volatile_uncorrected"):

@@ -7,10 +7,13 @@ files): /sys/class/infiniband/<dev>/ports/<n>/{state,phys_state,rate,link_layer,
 
 - EFA (Amazon vendor 0x1d0f, or named rdmap*/efa*): fewer working devices than profile.efa is
   REBOOT (a lost EFA device comes back with a reboot, or a stop/start onto other hardware).
-- InfiniBand ports (link layer InfiniBand; Ethernet/RoCE ports are not counted): fewer ACTIVE
-  LinkUp ports than profile.ib makes each inactive port RESET, and missing ports RESET; an active
-  port slower than profile.ib_rate is RESET (degraded link); without a profile rate, a port slower
-  than its peers is MONITOR. Without an expectation an inactive port beside active ones is MONITOR.
+- InfiniBand ports (link layer InfiniBand; Ethernet/RoCE ports are not counted): profile.ib is
+  the number of compute ports that must be ACTIVE LinkUp at profile.ib_rate or faster. Short of
+  that, each inactive port is RESET (and each slower active port, where the inactive ones do not
+  explain the shortfall: a degraded link), and missing ports are RESET; with enough, further
+  ports (storage/in-band ports on their own fabric) are extras: inactive MONITOR, slower fine.
+  Without a profile rate, a port slower than its peers is MONITOR; without an expectation, an
+  inactive port beside active ones is MONITOR.
 - link_downed growth since the last run is flapping (MONITOR); the counter is kept as a metric.
 - Missing kernel modules or uverbs device nodes are RESET; a locked-memory limit other than
   unlimited is MONITOR.
@@ -70,6 +73,7 @@ def gather(ctx: Context) -> Dict[str, Any]:
         "modules": modules_loaded(host.read_text("/proc/modules")),
         "memlock": memlock_limit(host.read_text("/proc/self/limits")),
         "previous": ctx.previous_state(NAME),
+        "booted": ctx.booted_since(NAME),
         "_state": counters,
     }
 
@@ -135,44 +139,63 @@ def _port_metrics(port: Dict[str, Any]) -> Dict[str, float]:
 
 
 def _ib_findings(ports: List[Dict[str, Any]], expected: Optional[int], rate: Optional[float], profile) -> List[Finding]:
+    """The profile's ``ib`` ports are the compute rails at ``ib_rate``; a node may have more IB
+    ports (a DGX's storage/in-band ConnectX ports on their own, often slower, fabric). So what
+    must hold is ``ib`` ACTIVE ports at the rate: when it does, other ports are extras (down:
+    MONITOR; slower: fine); when it does not, the down ports are RESET, and the slower ones too
+    where the down ones do not explain the shortfall."""
     active = [p for p in ports if p["active"]]
     down = [p for p in ports if not p["active"]]
     out = []
-    if expected:
-        severity = Severity.RESET if len(active) < expected else Severity.MONITOR
-        count = " (%d of %d expected ports active)" % (len(active), expected)
-        missing = expected - len(ports)
-        if missing > 0:
-            out.append(Finding(NAME, Severity.RESET, "%d InfiniBand ports found, profile %s expects %d (%d active)"
-                               % (len(ports), profile.name, expected, len(active)), device="ib",
-                               metrics={"ib_ports_active": len(active)},
-                               remediation="drain; check the HCAs (ibstat, lspci, dmesg for mlx5) and reboot"))
-    else:
+    if not expected:
         severity = Severity.MONITOR if active else None
         count = " (%d of %d ports active, no expectation in the profile)" % (len(active), len(ports))
-    if severity is not None:
-        for p in down:
-            out.append(Finding(NAME, severity, "InfiniBand port %s is %s, physical state %s%s"
-                               % (p["name"], p["state"], p["phys"], count),
-                               device=p["name"], metrics=_port_metrics(p),
-                               remediation="drain; check the cable and the switch port (ibstat, ibportstate), "
-                                           "reset the HCA port or reboot; reseat or replace the cable if it stays down"))
-    best = max((p["rate"] for p in active if p["rate"]), default=None)
-    floor, severity, what = (rate, Severity.RESET, "profile expects %g" % rate) if rate else \
-        (best, Severity.MONITOR, "other ports run at %g" % (best or 0))
-    for p in active:
-        if floor and p["rate"] is not None and p["rate"] < floor:
-            out.append(Finding(NAME, severity, "InfiniBand port %s at %g Gb/s, %s (degraded link)" % (p["name"], p["rate"], what),
-                               device=p["name"], metrics=_port_metrics(p),
-                               remediation="drain; the link trained below its speed: reseat or replace the cable "
-                                           "or transceiver, check the switch port"))
+        if severity is not None:
+            out.extend(_port_down(p, severity, count) for p in down)
+        return out + _slower_than_peers(active)
+    fast = [p for p in active if not rate or p["rate"] is None or p["rate"] >= rate]
+    slow = [p for p in active if p not in fast]
+    short = expected - len(fast)
+    if len(ports) < expected:
+        out.append(Finding(NAME, Severity.RESET, "%d InfiniBand ports found, profile %s expects %d (%d active)"
+                           % (len(ports), profile.name, expected, len(active)), device="ib",
+                           metrics={"ib_ports_active": len(active)},
+                           remediation="drain; check the HCAs (ibstat, lspci, dmesg for mlx5) and reboot"))
+    at = " at %g Gb/s" % rate if rate else ""
+    count = " (%d of %d expected ports active%s)" % (len(fast), expected, at)
+    out.extend(_port_down(p, Severity.RESET if short > 0 else Severity.MONITOR, count) for p in down)
+    if short > len(down):
+        out.extend(_slow(p, Severity.RESET, "profile expects %d ports at %g, %d are" % (expected, rate, len(fast)))
+                   for p in slow)
+    if not rate:
+        out.extend(_slower_than_peers(active))
     return out
 
 
-def _flapping(ports: List[Dict[str, Any]], previous: Dict[str, Any], threshold: float) -> List[Finding]:
+def _slower_than_peers(active: List[Dict[str, Any]]) -> List[Finding]:
+    best = max((p["rate"] for p in active if p["rate"]), default=None)
+    return [_slow(p, Severity.MONITOR, "other ports run at %g" % best)
+            for p in active if best and p["rate"] is not None and p["rate"] < best]
+
+
+def _port_down(p: Dict[str, Any], severity: Severity, count: str) -> Finding:
+    return Finding(NAME, severity, "InfiniBand port %s is %s, physical state %s%s" % (p["name"], p["state"], p["phys"], count),
+                   device=p["name"], metrics=_port_metrics(p),
+                   remediation="drain; check the cable and the switch port (ibstat, ibportstate), "
+                               "reset the HCA port or reboot; reseat or replace the cable if it stays down")
+
+
+def _slow(p: Dict[str, Any], severity: Severity, what: str) -> Finding:
+    return Finding(NAME, severity, "InfiniBand port %s at %g Gb/s, %s (degraded link)" % (p["name"], p["rate"], what),
+                   device=p["name"], metrics=_port_metrics(p),
+                   remediation="drain; the link trained below its speed: reseat or replace the cable "
+                               "or transceiver, check the switch port")
+
+
+def _flapping(ports: List[Dict[str, Any]], previous: Dict[str, Any], threshold: float, booted: bool) -> List[Finding]:
     out = []
     for p in ports:
-        grown = delta(p["link_downed"], previous.get(p["name"]))
+        grown = delta(p["link_downed"], previous.get(p["name"]), booted)
         if grown is not None and grown >= threshold and grown > 0:
             out.append(Finding(NAME, Severity.MONITOR, "InfiniBand port %s went down %d times since the last run (flapping)"
                                % (p["name"], grown), device=p["name"], metrics=dict(_port_metrics(p), link_downed_delta=grown),
@@ -215,7 +238,7 @@ def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
     efa, ports = _ports(devices)
     out = _efa_findings(efa, want_efa, profile)
     out += _ib_findings(ports, want_ib, profile.ib_rate if profile is not None and want_ib else None, profile)
-    out += _flapping(ports, data.get("previous") or {}, float(conf["flap_threshold"]))
+    out += _flapping(ports, data.get("previous") or {}, float(conf["flap_threshold"]), bool(data.get("booted")))
     out += _host_findings(data, len(devices), bool(efa or want_efa), bool(ports or want_ib), conf)
     if not out:
         parts = []

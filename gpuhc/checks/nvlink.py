@@ -17,15 +17,16 @@ def _counters(links: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
 
 def gather(ctx: Context) -> Dict[str, Any]:
     entries = per_gpu(ctx, ctx.gpu.nvlink)
-    return {"gpus": entries, "previous": ctx.previous_state(NAME), "_state": by_uuid(entries, _counters)}
+    return {"gpus": entries, "previous": ctx.previous_state(NAME), "booted": ctx.booted_since(NAME),
+            "_state": by_uuid(entries, _counters)}
 
 
-def _growth(gpu: GpuRef, links: List[Dict[str, Any]], previous: Dict[str, Any], config) -> List[Finding]:
+def _growth(gpu: GpuRef, links: List[Dict[str, Any]], previous: Dict[str, Any], config, booted: bool) -> List[Finding]:
     before = previous.get(gpu.uuid) or {}
     out = []
     for link in links:
         old = before.get(str(link["link"])) or {}
-        grown = {c: delta(link.get(c), old.get(c)) for c in COUNTERS}
+        grown = {c: delta(link.get(c), old.get(c), booted) for c in COUNTERS}
         over = ["%s +%d" % (c, d) for c, d in grown.items()
                 if d is not None and d >= threshold(config, "nvlink_%s_growth" % c)]
         if over:
@@ -35,8 +36,9 @@ def _growth(gpu: GpuRef, links: List[Dict[str, Any]], previous: Dict[str, Any], 
     return out
 
 
-def _one(gpu: GpuRef, links: List[Dict[str, Any]], profile, config, previous: Dict[str, Any]) -> List[Finding]:
-    found, grown = _state_of_links(gpu, links, profile), _growth(gpu, links, previous, config)
+def _one(gpu: GpuRef, links: List[Dict[str, Any]], profile, config, previous: Dict[str, Any],
+         booted: bool) -> List[Finding]:
+    found, grown = _state_of_links(gpu, links, profile), _growth(gpu, links, previous, config, booted)
     if grown and all(f.severity is Severity.PASS for f in found):
         return grown
     return found + grown
@@ -65,5 +67,5 @@ def _state_of_links(gpu: GpuRef, links: List[Dict[str, Any]], profile) -> List[F
 
 
 def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
-    previous = data.get("previous") or {}
-    return gpu_findings(NAME, data["gpus"], lambda gpu, v: _one(gpu, v, profile, config, previous))
+    previous, booted = data.get("previous") or {}, bool(data.get("booted"))
+    return gpu_findings(NAME, data["gpus"], lambda gpu, v: _one(gpu, v, profile, config, previous, booted))

@@ -16,11 +16,11 @@ def gather(ctx: Context) -> Dict[str, Any]:
         link["utilization"] = (ctx.gpu.utilization(i) or {}).get("gpu")
         return link
     entries = per_gpu(ctx, both)
-    return {"gpus": entries, "previous": ctx.previous_state(NAME),
+    return {"gpus": entries, "previous": ctx.previous_state(NAME), "booted": ctx.booted_since(NAME),
             "_state": by_uuid(entries, lambda link: link.get("replay_counter"))}
 
 
-def _one(gpu: GpuRef, link: Dict[str, Any], profile, config, previous: Dict[str, Any]) -> List[Finding]:
+def _one(gpu: GpuRef, link: Dict[str, Any], profile, config, previous: Dict[str, Any], booted: bool) -> List[Finding]:
     out = []
     width, width_max = link.get("width_current"), link.get("width_max")
     gen, gen_max = link.get("gen_current"), link.get("gen_max")
@@ -29,7 +29,7 @@ def _one(gpu: GpuRef, link: Dict[str, Any], profile, config, previous: Dict[str,
     if width is not None and expected_width and width < expected_width:
         out.append(Finding(NAME, Severity.RESET, "PCIe link x%d, expected x%d" % (width, expected_width), gpu=gpu,
                            metrics=metrics, remediation="drain and reset the GPU; if the link stays degraded, reseat the GPU or riser"))
-    busy = (link.get("utilization") or 0) >= threshold(config, "pcie_loaded_utilization")
+    busy = (link.get("utilization") or 0) > threshold(config, "pcie_loaded_utilization")
     if gen is not None and gen_max and gen < gen_max and busy:
         out.append(Finding(NAME, Severity.RESET, "PCIe gen%d under load, link supports gen%d" % (gen, gen_max), gpu=gpu,
                            metrics=metrics, remediation="drain and reset the GPU; check the slot and BIOS link settings"))
@@ -37,7 +37,7 @@ def _one(gpu: GpuRef, link: Dict[str, Any], profile, config, previous: Dict[str,
         out.append(Finding(NAME, Severity.MONITOR, "PCIe link can reach only gen%d, profile expects gen%d"
                            % (gen_max, profile.pcie_gen), gpu=gpu, metrics=metrics,
                            remediation="check the BIOS PCIe speed setting and the riser"))
-    grown = delta(link.get("replay_counter"), previous.get(gpu.uuid))
+    grown = delta(link.get("replay_counter"), previous.get(gpu.uuid), booted)
     if grown is not None:
         metrics["replay_delta"] = grown
         if grown >= threshold(config, "pcie_replay_growth"):
@@ -49,5 +49,5 @@ def _one(gpu: GpuRef, link: Dict[str, Any], profile, config, previous: Dict[str,
 
 
 def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
-    previous = data.get("previous") or {}
-    return gpu_findings(NAME, data["gpus"], lambda gpu, v: _one(gpu, v, profile, config, previous))
+    previous, booted = data.get("previous") or {}, bool(data.get("booted"))
+    return gpu_findings(NAME, data["gpus"], lambda gpu, v: _one(gpu, v, profile, config, previous, booted))
