@@ -429,8 +429,8 @@ def test_retired_pages_pre_ampere(backend, fake, monkeypatch):
 def test_remapped_rows_and_utilization_not_supported(backend, fake, monkeypatch):
     monkeypatch.setattr(fake, "nvmlDeviceGetRemappedRows", raiser("NOT_SUPPORTED"))
     monkeypatch.setattr(fake, "nvmlDeviceGetUtilizationRates", raiser("NOT_SUPPORTED"))
-    assert backend.remapped_rows(0) == {"correctable": None, "uncorrectable": None,
-                                        "pending": None, "failure": None}
+    assert backend.remapped_rows(0) == {"correctable": None, "uncorrectable": None, "pending": None,
+                                        "failure": None, "banks_low": None, "banks_none": None}
     assert backend.utilization(0) == {"gpu": None, "memory": None}
 
 
@@ -606,7 +606,7 @@ def test_gpu_every_call_every_gpu(nvml_gpu):
 
         ident = results["identity"]
         assert _keys(ident) == {"name", "uuid", "serial", "pci_bus_id", "board_part_number",
-                                "vbios", "architecture"}
+                                "vbios", "architecture", "minor_number"}
         assert ident["uuid"].startswith("GPU-")
         assert BUS_ID_RE.match(ident["pci_bus_id"]), ident["pci_bus_id"]
         assert isinstance(ident["name"], str) and ident["name"]
@@ -625,7 +625,7 @@ def test_gpu_every_call_every_gpu(nvml_gpu):
         assert _number_or_none(pages["single_bit"]) and _bool_or_none(pages["pending"])
 
         rows = results["remapped_rows"]
-        assert _keys(rows) == {"correctable", "uncorrectable", "pending", "failure"}
+        assert _keys(rows) == {"correctable", "uncorrectable", "pending", "failure", "banks_low", "banks_none"}
         assert _bool_or_none(rows["pending"]) and _bool_or_none(rows["failure"])
 
         pcie = results["pcie"]

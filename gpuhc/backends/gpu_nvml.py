@@ -54,6 +54,7 @@ _NVML_DEFAULTS = {
     "NVML_ERROR_LIB_RM_VERSION_MISMATCH": 18,
     "NVML_ERROR_MEMORY": 20,
     "NVML_ERROR_GPU_NOT_FOUND": 28,
+    "NVML_ERROR_UNKNOWN": 999,
     "NVML_FEATURE_ENABLED": 1,
     "NVML_DEVICE_MIG_ENABLE": 1,
     "NVML_MEMORY_ERROR_TYPE_CORRECTED": 0,
@@ -115,6 +116,8 @@ _ERROR_CODES = {
 
 # Errors of nvmlDeviceGetHandleByIndex that mean "no GPU at this index".
 _NO_SUCH_GPU = ("NVML_ERROR_INVALID_ARGUMENT", "NVML_ERROR_NOT_FOUND", "NVML_ERROR_GPU_NOT_FOUND")
+# a GPU NVML counts but whose handle it cannot get: lost (the usual face of Xid 79 is UNKNOWN here)
+_HANDLE_LOST = ("NVML_ERROR_UNKNOWN", "NVML_ERROR_GPU_IS_LOST")
 
 _COMPUTE_MODES = {
     "NVML_COMPUTEMODE_DEFAULT": "default",
@@ -257,6 +260,11 @@ class NvmlBackend(GpuBackend):
             except nv.NVMLError as e:
                 if e.value in [self._k(n) for n in _NO_SUCH_GPU]:
                     raise GpuError(GPU_NOT_FOUND, gpu=i, detail=str(e)) from e
+                if e.value in [self._k(n) for n in _HANDLE_LOST]:
+                    # NVML counts the GPU but cannot open it: nvidia-smi's "Unable to determine
+                    # the device handle for GPU ...: Unknown Error", a GPU off the bus
+                    raise GpuError(GPU_IS_LOST, "nvmlDeviceGetHandleByIndex", gpu=i,
+                                   detail="no device handle: %s" % e) from e
                 raise
             self._handles[i] = handle
         return handle
@@ -365,7 +373,8 @@ class NvmlBackend(GpuBackend):
     def _remapped_rows(self, i: int) -> Dict[str, Any]:
         rows = self._opt("nvmlDeviceGetRemappedRows", self._handle(i))
         if rows is None:
-            return {"correctable": None, "uncorrectable": None, "pending": None, "failure": None}
+            return {"correctable": None, "uncorrectable": None, "pending": None, "failure": None,
+                    "banks_low": None, "banks_none": None}
         corr, unc, pending, failure = rows
         # banks by spare rows left: "none" = a bank that cannot remap another row
         hist = self._opt("nvmlDeviceGetRowRemapperHistogram", self._handle(i))

@@ -46,6 +46,11 @@ def _one(gpu: GpuRef, v: Dict[str, Any], config) -> List[Finding]:
     if not out and rows.get("banks_low"):
         out.append(Finding(NAME, Severity.MONITOR, "%d memory bank(s) are low on spare rows" % rows["banks_low"],
                            gpu=gpu, metrics=metrics, remediation="plan a replacement if more rows get remapped"))
+    if not out and all(v is None for v in (rows.get("pending"), rows.get("failure"), pages.get("pending"))):
+        # nothing was readable: on Ampere and later with MIG instances active, NVML does not
+        # answer remapped rows (and retired pages are not a thing there); it is not a pass
+        out.append(Finding(NAME, Severity.SKIP, "remap state not readable: no row remapping or page retirement "
+                           "on this GPU, or MIG instances are active", gpu=gpu, metrics=metrics))
     if not out:
         out.append(Finding(NAME, Severity.PASS, "no remap pending or failed", gpu=gpu, metrics=metrics))
     return out
