@@ -375,6 +375,25 @@ def test_real_pynvml_gpu_is_lost_in_any_query_is_reboot(driver, symbol):
     assert gpu_error_finding("x", info.value).severity is Severity.REBOOT
 
 
+def test_a_down_link_that_refuses_its_counters_is_still_reported_down(driver):
+    """Link 5 is down (state 0) and answers INVALID_ARGUMENT or UNKNOWN for its error counters and
+    remote end: the link is listed inactive with None there, so the nvlink check can RESET it;
+    an error for the whole call would have hidden it behind a checker ERROR."""
+    drv = driver()
+    state, counter, remote = (drv.sym_nvmlDeviceGetNvLinkState, drv.sym_nvmlDeviceGetNvLinkErrorCounter,
+                              drv.sym_nvmlDeviceGetNvLinkRemotePciInfo_v2)
+    drv.errors["nvmlDeviceGetNvLinkState"] = lambda h, link, out: (_set(out, 0) or OK) if link == 5 else state(h, link, out)
+    drv.errors["nvmlDeviceGetNvLinkErrorCounter"] = (
+        lambda h, link, c, out: N.NVML_ERROR_INVALID_ARGUMENT if link == 5 else counter(h, link, c, out))
+    drv.errors["nvmlDeviceGetNvLinkRemotePciInfo_v2"] = (
+        lambda h, link, out: N.NVML_ERROR_UNKNOWN if link == 5 else remote(h, link, out))
+    links = NvmlBackend().nvlink(0)
+    down = [l for l in links if not l["active"]]
+    assert [l["link"] for l in down] == [5] and len(links) == H100_LINKS
+    assert down[0]["replay"] is None and down[0]["remote_pci_bus_id"] is None
+    assert links[0]["replay"] == 0
+
+
 def test_real_pynvml_utilization_not_supported_under_mig(driver):
     """MIG enabled: device utilisation is NOT_SUPPORTED (documented); a None, never an error."""
     driver(errors={"nvmlDeviceGetUtilizationRates": N.NVML_ERROR_NOT_SUPPORTED})

@@ -116,6 +116,7 @@ _ERROR_CODES = {
 
 # Errors of nvmlDeviceGetHandleByIndex that mean "no GPU at this index".
 _NO_SUCH_GPU = ("NVML_ERROR_INVALID_ARGUMENT", "NVML_ERROR_NOT_FOUND", "NVML_ERROR_GPU_NOT_FOUND")
+_LINK_ABSENT = ("NVML_ERROR_INVALID_ARGUMENT", "NVML_ERROR_UNKNOWN")
 # a GPU NVML counts but whose handle it cannot get: lost (the usual face of Xid 79 is UNKNOWN here)
 _HANDLE_LOST = ("NVML_ERROR_UNKNOWN", "NVML_ERROR_GPU_IS_LOST")
 
@@ -409,9 +410,12 @@ class NvmlBackend(GpuBackend):
             if state is None:
                 continue
             entry: Dict[str, Any] = {"link": link, "active": state == k("NVML_FEATURE_ENABLED")}
+            # a link that is down may refuse its counters and remote end: None, so that the
+            # down link itself is still reported (an error here would hide it)
             for field, const in counters.items():
-                entry[field] = self._opt("nvmlDeviceGetNvLinkErrorCounter", h, link, k(const))
-            entry["remote_pci_bus_id"] = _bus_id(self._opt("nvmlDeviceGetNvLinkRemotePciInfo", h, link))
+                entry[field] = self._opt("nvmlDeviceGetNvLinkErrorCounter", h, link, k(const), absent=_LINK_ABSENT)
+            entry["remote_pci_bus_id"] = _bus_id(self._opt("nvmlDeviceGetNvLinkRemotePciInfo", h, link,
+                                                           absent=_LINK_ABSENT))
             links.append(entry)
         return links
 
