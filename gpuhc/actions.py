@@ -319,14 +319,14 @@ def finding_lines(report: Report, action: policy.Action) -> List[str]:
     return out
 
 
-def slurm_view(cfg: Dict[str, Any]) -> Optional[Dict[str, Dict[str, Any]]]:
-    """Slurm's view of every node for `gpuhc status`; None without Slurm (status then reads the
-    store alone)."""
+def slurm_view(cfg: Dict[str, Any], names: Optional[Sequence[str]] = None) -> Optional[Dict[str, Dict[str, Any]]]:
+    """Slurm's view of every node (or of ``names``) for `gpuhc status`, `show` and `export`; None
+    without Slurm (they then read the store alone)."""
     slurm = slurm_backend(cfg)
     if slurm is None:
         return None
     try:
-        nodes = slurm.nodes()
+        nodes = slurm.nodes(names)
     except SlurmError as exc:
         log("warning: showing the store alone: %s" % exc)
         return None

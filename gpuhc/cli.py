@@ -95,7 +95,8 @@ def _log_to_stderr() -> None:
 @click.option("--context", "context_name", default="check", hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show every finding, passes included.")
-@click.option("--no-record", is_flag=True, help="Do not write the result to the store.")
+@click.option("--no-record", is_flag=True, help="Do not write the result to the store. A run with --simulate is "
+              "recorded only when --node names the node it stands for.")
 @click.pass_context
 def check(ctx: click.Context, suite: Optional[str], checks: List[str], node: Optional[str], context_name: str,
           as_json: bool, show_all: bool, no_record: bool) -> None:
@@ -109,6 +110,10 @@ def check(ctx: click.Context, suite: Optional[str], checks: List[str], node: Opt
         emit_json(report.to_dict())
     else:
         click.echo(output.report_text(report, detection, show_all))
+    if _state(ctx).get("simulate") and not node and not no_record:
+        # a scenario tried by hand is not this node's health (nor a node of the fleet's)
+        no_record = True
+        click.echo("gpuhc: note: simulated run not recorded (give --node NAME to record it as that node)", err=True)
     warning = None if no_record else store.record_safely(cfg, report)
     if warning:
         click.echo("gpuhc: warning: %s" % warning, err=True)
@@ -196,8 +201,14 @@ def ack(ctx: click.Context, node: Optional[str], xid_number: Optional[int], pci_
     cfg = load_config(ctx)
     if pci_bus_id is not None and parse_bus_id(pci_bus_id) is None:
         raise GpuhcError("--gpu %r: expected a PCI bus id like 0000:5d:00.0" % pci_bus_id)
-    n = acknowledge(cfg["state_dir"], session.node_name(node), xid_number, pci_bus_id)
-    click.echo("acknowledged %d Xid event(s)" % n)
+    name = session.node_name(node)
+    n = acknowledge(cfg["state_dir"], name, xid_number, pci_bus_id)
+    which = "".join([" Xid %d" % xid_number if xid_number is not None else "",
+                     " on GPU %s" % parse_bus_id(pci_bus_id) if pci_bus_id is not None else ""])
+    if n:
+        click.echo("%s: acknowledged %d Xid event(s)%s" % (name, n, which))
+    else:
+        click.echo("%s: no active Xid event%s to acknowledge (state in %s)" % (name, which, cfg["state_dir"]))
 
 
 @main.command()
@@ -211,7 +222,7 @@ def ack(ctx: click.Context, node: Optional[str], xid_number: Optional[int], pci_
                    "unhealthy, drained, quarantine, drained-admin, down.")
 @click.option("-o", "--format", "fmt", metavar="FORMAT",
               help="Fields as in sinfo, %[.][size]X: %N nodes, %D count, %P partition, %t health, %s severity, "
-                   "%T Slurm state, %c context, %j job id, %L last check, %a age, %R reason, %W where, "
+                   "%T Slurm state, %c context, %j job id, %L last check, %a age, %R (or %E) reason, %W where, "
                    "%p profile, %A action.")
 @click.option("--noheader", is_flag=True, help="No header line.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for automation (groups, nodes with -N, reasons with -R).")
@@ -234,9 +245,12 @@ def status(ctx: click.Context, per_node: bool, reasons: bool, partition: Optiona
 @click.pass_context
 def show(ctx: click.Context, node: str, as_json: bool) -> None:
     """The newest full report of NODE, every finding included."""
+    from .actions import slurm_view
     from .status import show_text
 
-    click.echo(show_text(load_config(ctx), node, as_json=as_json))
+    cfg = load_config(ctx)
+    view = slurm_view(cfg, [node]) if node.strip() else None
+    click.echo(show_text(cfg, node, as_json=as_json, slurm=(view or {}).get(node)))
 
 
 @main.command()
@@ -266,9 +280,12 @@ def export() -> None:
 @click.pass_context
 def prometheus(ctx: click.Context, output: Optional[str], nodelist: Optional[str]) -> None:
     """Newest results as Prometheus text format (node_exporter textfile collector)."""
+    from .actions import slurm_view
     from .export import export_prometheus
+    from .hostlist import expand
 
-    text = export_prometheus(load_config(ctx), output, nodelist)
+    cfg = load_config(ctx)
+    text = export_prometheus(cfg, output, nodelist, slurm=slurm_view(cfg, expand(nodelist, "--nodes") if nodelist else None))
     if text:
         click.echo(text, nl=False)
 
@@ -297,7 +314,7 @@ _context_command("healthcheck", "Slurm HealthCheckProgram: non-invasive checks; 
 @common_options
 @click.option("--node", metavar="NAME", help="Node name (default $SLURMD_NODENAME).")
 @click.option("--gpu", "gpus", multiple=True, metavar="INDEX|BUS_ID",
-              help="A GPU to reset (repeatable). Default: the GPUs with an active Xid event.")
+              help="A GPU to reset (repeatable). Default: the GPUs with an active RESET-tier Xid (what a reset resolves).")
 @click.option("--all", "every", is_flag=True, help="Every GPU NVML lists.")
 @click.option("--force", is_flag=True, help="Reset even while Slurm shows jobs on the node, or cannot say.")
 @click.option("--json", "as_json", is_flag=True)

@@ -133,12 +133,29 @@ def prometheus_text(reports: Dict[str, Report]) -> str:
     return fam.text()
 
 
-def export_prometheus(cfg: Dict, output: Optional[str] = None, nodelist: Optional[str] = None) -> str:
+def export_prometheus(cfg: Dict, output: Optional[str] = None, nodelist: Optional[str] = None,
+                      slurm: Optional[Dict[str, Dict]] = None) -> str:
     """The textfile (of the nodes of ``nodelist``, else every node); written atomically to ``output``
-    when given (then '' is returned)."""
+    when given (then '' is returned). With ``slurm`` (Slurm's view of the nodes, as for status),
+    ``gpuhc_node_drained`` too: the newest report of a drained node may be a quick suite's pass."""
+    from .status import gpuhc_drain_severity
+
     nodes = expand(nodelist, "--nodes") if nodelist else None
     fam = _Families()
-    Store.from_config(cfg).latest_all(nodes, each=lambda node, report: _add_report(fam, node, report))
+    seen: List[str] = []
+
+    def add(node: str, report: Report) -> None:
+        seen.append(node)
+        _add_report(fam, node, report)
+
+    Store.from_config(cfg).latest_all(nodes, each=add)
+    for node in sorted(seen):
+        view = (slurm or {}).get(node)
+        if view is not None:
+            severity = gpuhc_drain_severity(view)
+            fam.add("gpuhc_node_drained", "1 while Slurm shows the node drained by gpuhc, with the severity of "
+                    "its reason; 0 otherwise (Slurm's view when the file was written)",
+                    "%s,%s" % (_label("node", node), _label("severity", severity or "")), 1 if severity else 0)
     text = fam.text()
     if not output:
         return text

@@ -39,6 +39,20 @@ def report_text(report: Report, detection: Any, show_all: bool = False) -> str:
     rows = finding_rows(report.top_findings(), show_all)
     how = " (%s)" % detection.how if detection is not None else ""
     lines = [table(rows, ["SEVERITY", "CHECK", "WHERE", "MESSAGE"]), ""]
+    todo = remedies(report.top_findings())
+    if todo:
+        lines += ["What to do:"] + ["  %s" % line for line in todo] + [""]
     lines.append("%s: %s  profile %s%s  suite %s  %.2fs" % (report.node, report.overall.value, report.profile, how,
                                                             report.suite, report.ended - report.started))
     return "\n".join(lines)
+
+
+def remedies(findings: List[Finding]) -> List[str]:
+    """'SEVERITY check WHERE: remediation' for the findings that ask for something (MONITOR and
+    worse), most severe first; one line per distinct remediation of a check, GPUs gathered."""
+    out: "OrderedDict[tuple, List[str]]" = OrderedDict()
+    for f in findings:
+        if f.remediation and f.severity.is_tier and f.severity is not Severity.PASS:
+            out.setdefault((f.severity.value, f.check, f.remediation), []).append(f.where())
+    return ["%s %s%s: %s" % (sev, check, " " + ",".join(w for w in where if w) if any(where) else "", text)
+            for (sev, check, text), where in out.items()]

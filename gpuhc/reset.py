@@ -130,5 +130,16 @@ def reset(cfg: Dict[str, Any], node: Optional[str] = None, simulate: Optional[st
         except OSError as exc:
             rows.append(Row(index[bus], bus, "reset", "%s; but %s" % (detail, exc)))
             continue
-        rows.append(Row(index[bus], bus, "reset", "%s; %d Xid event(s) marked reset" % (detail, n)))
+        stays = _beyond_reset(report, bus)
+        rows.append(Row(index[bus], bus, "reset", "%s; %d Xid event(s) marked reset%s" % (
+            detail, n, "; still needs more than a reset: %s" % stays if stays else "")))
     return rows
+
+
+def _beyond_reset(report: Any, bus: str) -> str:
+    """The REBOOT/ISOLATE findings of the xid check on the GPU at ``bus`` (a reset does not resolve them)."""
+    worse = ["%s %s (%s)" % ("SXid" if f.device else "Xid", f.metrics.get("xid", "?"), f.severity.value)
+             for f in report.findings
+             if f.check == "xid" and f.severity.rank > Severity.RESET.rank
+             and normalize_bus_id(f.gpu.pci_bus_id if f.gpu else f.device) == bus]
+    return ", ".join(worse)

@@ -74,6 +74,9 @@ class Runner:
             return [self._hang_finding(name, timeout)], None
         except GpuError as err:
             return [gpu_error_finding(name, err, profile=self.ctx.profile)], None
+        except OSError as exc:          # a file or device the check reads: say which and why, no errno dump
+            where = ": %s" % exc.filename if exc.filename else ""
+            return [Finding(name, Severity.ERROR, "cannot read%s: %s" % (where, exc.strerror or exc))], None
         except Exception as exc:
             return [Finding(name, Severity.ERROR, "check failed while gathering: %s: %s" % (type(exc).__name__, exc))], None
         if isinstance(data, dict) and "_state" in data:

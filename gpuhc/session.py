@@ -57,7 +57,7 @@ def _cached_facts(cfg: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
         from .backends.slurm_cli import node_features
 
         facts["features"] = node_features(ctx.node, timeout=C.budget(cfg, "prolog") / 4)
-    if detect["cloud_metadata"]:
+    if detect["cloud_metadata"] or simulated:       # a scenario's instance type is data, not a network call
         facts["instance_type"] = ctx.host.instance_type(float(detect["cloud_timeout"]))
     if not simulated:
         localstate.write(state_dir, "facts", facts)

@@ -96,6 +96,16 @@ def _duration(seconds: float) -> str:
     return "%ds" % max(0, seconds)
 
 
+def gpuhc_drain_severity(slurm: Mapping[str, Any]) -> Optional[str]:
+    """The severity word of a gpuhc drain reason when Slurm shows the node drained by gpuhc
+    ("" when the reason names none), else None."""
+    match = _GPUHC_REASON.match(str(slurm.get("reason") or ""))
+    if not match or not _DRAIN_WORDS.intersection(_slurm_words(slurm)):
+        return None
+    word = (match.group(1) or "").upper()
+    return word if word in Severity.__members__ else ""
+
+
 def node_status(node: str, summary: Optional[Mapping[str, Any]], slurm: Optional[Mapping[str, Any]],
                 now: float, stale_after: float) -> NodeStatus:
     st = NodeStatus(node=node, health="healthy")
@@ -129,11 +139,13 @@ def node_status(node: str, summary: Optional[Mapping[str, Any]], slurm: Optional
         elif _DOWN_WORDS.intersection(words):
             slurm_health = "down"
         if slurm_health is not None and st.slurm_reason:
-            st.reason, st.where = st.slurm_reason, ""
+            # the newest report's top finding is where the reason points only when the reason names its check
+            same = bool(gpuhc_reason and top and (" %s:" % top.get("check")) in st.slurm_reason)
+            st.reason, st.where = st.slurm_reason, st.where if same else ""
     if slurm_health is not None:
         st.health = slurm_health
-    elif slurm is None and st.action in ("drain", "quarantine"):
-        st.health = "drained" if st.action == "drain" else "quarantine"
+    elif slurm is None and st.action in ("drain", "held", "quarantine"):
+        st.health = "quarantine" if st.action == "quarantine" else "drained"
     elif summary is None:
         st.health, st.reason = "never-checked", "never checked"
     elif now - st.last_ts > stale_after:
@@ -328,6 +340,15 @@ def status_text(cfg: Dict[str, Any], per_node: bool = False, reasons: bool = Fal
     store = Store.from_config(cfg)
     summaries = store.summaries()
     statuses = collect(summaries, slurm, now, float(cfg["status"]["stale_after"]))
+    known = {st.node for st in statuses}
+    unknown = [n for n in wanted_nodes or () if n not in known]
+    if unknown:
+        raise GpuhcError("-n: %s: not in the store%s" % (fold(unknown), " nor in Slurm" if slurm else ""))
+    if wanted_parts and slurm:
+        parts = {p for st in statuses for p in st.partitions}
+        missing = [p for p in wanted_parts if p not in parts]
+        if missing:
+            raise GpuhcError("-p: no partition %s (Slurm has %s)" % (", ".join(missing), ", ".join(sorted(parts - {"-"}))))
     rows = select(statuses, wanted_parts, wanted_nodes, wanted_states, reasons_only=reasons)
     if as_json:
         doc: Dict[str, Any] = {"schema_version": 1, "generated": _iso(now), "store": store.root,
@@ -367,8 +388,12 @@ def _known(store: Store, node: str) -> None:
         raise StoreError("no result for node %r in the store %s" % (node, store.root))
 
 
-def show_text(cfg: Dict[str, Any], node: str, as_json: bool = False) -> str:
-    """What ``gpuhc show NODE`` prints: the newest report with every finding."""
+def show_text(cfg: Dict[str, Any], node: str, as_json: bool = False,
+              slurm: Optional[Mapping[str, Any]] = None) -> str:
+    """What ``gpuhc show NODE`` prints: the newest report with every finding; with ``slurm`` (the
+    node's entry of Slurm's view) the node's state and reason too. When the node is drained by
+    gpuhc and the newest report is not the one that drained it (an epilog's quick suite passed
+    since), the draining report's findings are named as well: they are why it is drained."""
     from .output import report_text
 
     store = Store.from_config(cfg)
@@ -376,11 +401,27 @@ def show_text(cfg: Dict[str, Any], node: str, as_json: bool = False) -> str:
     report = store.latest(node)
     if report is None:
         raise StoreError("no readable result for node %r in the store %s" % (node, store.root))
+    drained = gpuhc_drain_severity(slurm) is not None if slurm else report.action == "held"
+    cause = None
+    if drained and report.action != "drain":
+        cause = next((r for r in store.history(node) if r.action == "drain"), None)
     if as_json:
-        return json.dumps(report.to_dict(), indent=2)
+        doc = report.to_dict()
+        if slurm:
+            doc["slurm"] = {"state": "+".join(_slurm_words(slurm)).lower(), "reason": slurm.get("reason") or ""}
+        if cause is not None:
+            doc["drained_by"] = cause.to_dict()
+        return json.dumps(doc, indent=2)
     head = "%s  checked %s (%s ago)  context %s  job %s%s" % (
         report.node, _local(report.started), _duration(time.time() - report.started), report.context,
         report.job_id or "-", "  action %s" % report.action if report.action else "")
+    if slurm:
+        head += "\nSlurm: %s%s" % ("+".join(_slurm_words(slurm)).lower() or "-",
+                                   "  reason: %s" % slurm["reason"] if slurm.get("reason") else "")
+    if cause is not None:
+        head += "\ndrained by the %s run of %s%s: %s" % (
+            cause.context, _local(cause.started), " (job %s)" % cause.job_id if cause.job_id else "",
+            _findings_summary(cause, None))
     return head + "\n\n" + report_text(report, None, show_all=True)
 
 
@@ -409,7 +450,11 @@ def history_text(cfg: Dict[str, Any], node: str, since: Optional[str] = None, ch
     _known(store, node)
     reports = store.history(node, since=cutoff, check=check)
     if as_json:
-        return json.dumps([r.to_dict() for r in reports], indent=2)
+        docs = [r.to_dict() for r in reports]
+        if check is not None:          # as the text does: that check's findings (overall stays the report's)
+            for doc in docs:
+                doc["findings"] = [f for f in doc["findings"] if f.get("check") == check]
+        return json.dumps(docs, indent=2)
     if not reports:
         return "no results for %s%s%s" % (node, " since %s" % since if since else "",
                                           " with check %s" % check if check else "")

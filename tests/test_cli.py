@@ -14,7 +14,21 @@ def isolated(tmp_path, text=""):
 def test_healthy_h100_exits_0(tmp_path):
     res = gpuhc("check", "--simulate", "h100-healthy", env=isolated(tmp_path))
     assert res.returncode == 0, res.stderr
-    assert "PASS" in res.stdout and "dgx-h100" in res.stdout and res.stderr == ""
+    assert "PASS" in res.stdout and "dgx-h100" in res.stdout
+    # a scenario tried by hand is not recorded as this host (it would join the fleet in status)
+    assert res.stderr == "gpuhc: note: simulated run not recorded (give --node NAME to record it as that node)\n"
+    assert not (tmp_path / "store" / "nodes").exists() or not list((tmp_path / "store" / "nodes").iterdir())
+    res = gpuhc("check", "--simulate", "h100-healthy", "--node", "gpu-009", env=isolated(tmp_path))
+    assert res.returncode == 0 and res.stderr == "" and (tmp_path / "store" / "nodes" / "gpu-009").is_dir()
+
+
+def test_text_output_says_what_to_do(tmp_path):
+    res = gpuhc("check", "--simulate", "h100-pcie-x8", "--no-record", env=isolated(tmp_path))
+    assert res.returncode == 1
+    todo = res.stdout.split("What to do:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert todo and todo[0].startswith("  RESET pcie GPU") and "reseat the GPU or riser" in todo[0], todo
+    healthy = gpuhc("check", "--simulate", "h100-healthy", "--no-record", env=isolated(tmp_path))
+    assert "What to do" not in healthy.stdout
 
 
 def test_xid79_json_exits_1_with_finding_on_gpu3(tmp_path):

@@ -139,6 +139,18 @@ def test_nodes_option_exports_only_those(stored):
     assert {s.labels["node"] for s in fams["gpuhc_node_severity"].samples} == {"gpu-002", "gpu-003"}
 
 
+def test_drained_gauge_from_slurms_view(stored):
+    """A node drained by gpuhc whose newest report is a quick suite's PASS still shows as drained."""
+    cfg, _ = stored
+    slurm = {"gpu-002": {"state": "IDLE+DRAIN", "reason": "gpuhc: RESET pcie: GPU5 PCIe link x8"},
+             "gpu-003": {"state": "IDLE+DRAIN", "reason": "fan noise, ticket 4711"},
+             "gpu-404": {"state": "IDLE"}}
+    fams = families(export_prometheus(cfg, slurm=slurm))
+    samples = {s.labels["node"]: (s.labels["severity"], s.value) for s in fams["gpuhc_node_drained"].samples}
+    assert samples == {"gpu-002": ("RESET", 1.0), "gpu-003": ("", 0.0)}      # only nodes with results
+    assert "gpuhc_node_drained" not in families(export_prometheus(cfg))       # no Slurm: no guess
+
+
 def test_a_record_of_the_wrong_shape_is_skipped_not_the_export(stored, caplog):
     cfg, reports = stored
     for node, change in (("gpu-002", lambda d: d["findings"][0].update(check=5)),

@@ -50,6 +50,7 @@ def test_reset_clears_what_a_reset_resolves_and_keeps_a_reboot(node):
     assert node.xids() == [(79, "REBOOT")]
     res = node.cli("--gpu", "0")                         # asked for: a reset does not fix a GPU off the bus
     assert res.returncode == 0 and "0000:18:00.0" in res.stdout
+    assert "still needs more than a reset: Xid 79 (REBOOT)" in res.stdout, res.stdout
     assert node.xids() == [(79, "REBOOT")]
     report, _, _ = session.run(node.cfg, "check", checks=["xid"], node="gpu-020")
     assert "reset since does not clear a REBOOT event" in [f for f in report.findings if f.check == "xid"][0].message

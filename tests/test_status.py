@@ -128,6 +128,17 @@ def test_partition_node_and_state_filters(fleet):
         ST.status_text(cfg, nodelist="gpu-[1-")
 
 
+def test_unknown_nodes_and_partitions_are_errors_not_empty_tables(fleet):
+    cfg, _ = fleet
+    with pytest.raises(GpuhcError, match=r"^-n: gpu-\[404-405\]: not in the store$"):
+        ST.status_text(cfg, nodelist="gpu-[013,404-405]")
+    with pytest.raises(GpuhcError, match=r"^-n: gpu-404: not in the store nor in Slurm$"):
+        ST.status_text(cfg, slurm=SLURM, nodelist="gpu-404")
+    assert "gpu-099" in ST.status_text(cfg, slurm=SLURM, nodelist="gpu-099")      # in Slurm, never checked
+    with pytest.raises(GpuhcError, match=r"^-p: no partition gpus \(Slurm has batch, debug\)$"):
+        ST.status_text(cfg, slurm=SLURM, partitions="gpus")
+
+
 # ---- -N, -R, -o --------------------------------------------------------------------------------------
 
 def test_per_node_rows(fleet):
@@ -229,6 +240,7 @@ def summary(overall="PASS", age=0.0, action=None, now=1_000_000.0):
     (summary("MONITOR"), None, "monitor", "MONITOR"),
     (summary("ISOLATE"), None, "unhealthy", "ISOLATE"),
     (summary("ISOLATE", action="drain"), None, "drained", "ISOLATE"),
+    (summary("RESET", action="held"), None, "drained", "RESET"),      # already drained by gpuhc when it ran
     (summary("ISOLATE", action="drain"), {"state": "IDLE"}, "unhealthy", "ISOLATE"),   # Slurm says it was resumed
     (summary("RESET", action="quarantine"), None, "quarantine", "RESET"),
     (summary("RESET", action="would-drain"), {"state": "IDLE"}, "would-drain", "RESET"),
@@ -283,6 +295,31 @@ def test_show_prints_every_finding(fleet):
         ST.show_text(cfg, "../etc")
 
 
+def test_show_says_why_a_node_is_drained_when_a_later_run_passed(fleet):
+    """gpu-014 was drained for PCIe x8 by its prolog; an epilog's quick suite (no pcie) passed
+    since. show names the drain and the report behind it, not only the newest PASS."""
+    cfg, reports = fleet
+    store = Store.from_config(cfg)
+    drain = copy.deepcopy(reports["gpu-014"])
+    drain.started, drain.ended, drain.action = time.time() - 120, time.time() - 119, "drain"
+    store.record(drain)
+    later = copy.deepcopy(drain)
+    later.started, later.ended, later.action, later.context, later.job_id = time.time() - 60, time.time() - 59, None, "epilog", "77"
+    later.findings = [f for f in later.findings if f.check != "pcie"]
+    store.record(later)
+    view = {"state": "IDLE+DRAIN", "reason": "gpuhc: RESET pcie: GPU5 PCIe link x8, expected x16", "partitions": ["batch"]}
+    text = ST.show_text(cfg, "gpu-014", slurm=view)
+    lines = text.splitlines()
+    assert lines[1] == "Slurm: idle+drain  reason: gpuhc: RESET pcie: GPU5 PCIe link x8, expected x16"
+    assert lines[2].startswith("drained by the prolog run of ") and "RESET pcie" in lines[2]
+    doc = json.loads(ST.show_text(cfg, "gpu-014", as_json=True, slurm=view))
+    assert doc["context"] == "epilog" and doc["slurm"]["state"] == "idle+drain"
+    assert doc["drained_by"]["context"] == "prolog" and doc["drained_by"]["action"] == "drain"
+    # resumed in Slurm: nothing about a drain
+    text = ST.show_text(cfg, "gpu-014", slurm={"state": "IDLE", "partitions": ["batch"]})
+    assert "drained by" not in text and text.splitlines()[1] == "Slurm: idle"
+
+
 def test_history_timeline_since_and_check(fleet):
     cfg, reports = fleet
     store = Store.from_config(cfg)
@@ -306,6 +343,8 @@ def test_history_timeline_since_and_check(fleet):
     assert rows[0][4:] == ["PASS", "ecc"]
     hist = json.loads(ST.history_text(cfg, "gpu-014", as_json=True, now=now))
     assert [h["job_id"] for h in hist] == [base.job_id, "mid", "old"]
+    only = json.loads(ST.history_text(cfg, "gpu-014", check="pcie", as_json=True, now=now))
+    assert [h["job_id"] for h in only] == [base.job_id] and {f["check"] for f in only[0]["findings"]} == {"pcie"}
     assert ST.history_text(cfg, "gpu-014", since="5m", check="nvlink", now=now) == \
         "no results for gpu-014 since 5m with check nvlink"
     with pytest.raises(GpuhcError, match=r"--since '2 days': expected a duration such as 30m"):

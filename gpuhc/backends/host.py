@@ -144,7 +144,10 @@ class LocalHost(Host):
     def kernel_log_since(self, cursor: Optional[Dict[str, Any]]) -> LogChunk:
         source = self.kernel_log_source
         if source not in ("auto", "kmsg", "dmesg", "journal"):
-            return _read_file_since(source, cursor)
+            try:
+                return _read_file_since(source, cursor)
+            except OSError as exc:
+                raise OSError(exc.errno, "%s (config kernel_log)" % (exc.strerror or exc), source) from None
         if source in ("auto", "kmsg"):
             chunk = _read_kmsg_since(self._path("/dev/kmsg"), cursor)
             if chunk is not None:
