@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import config as C
 from . import policy, session
@@ -72,13 +72,18 @@ def record(cfg: Dict[str, Any], report: Report, deadline: Optional[float] = None
 
 
 def job_failed(env: Dict[str, str]) -> bool:
-    """From the epilog's environment: a non-zero exit code or a signal."""
+    """From the epilog's environment: a non-zero exit code or a signal, of the job's script or of
+    any of its steps (SLURM_JOB_DERIVED_EC, the highest of the steps': an `srun` that crashed
+    under a script that went on and exited 0)."""
+    def nonzero(value: Optional[str]) -> bool:
+        return any(part.strip() not in ("", "0") for part in (value or "").split(":"))
+
+    if nonzero(env.get("SLURM_JOB_DERIVED_EC")):
+        return True
     code2 = env.get("SLURM_JOB_EXIT_CODE2")          # "exit:signal"
     if code2:
-        exit_code, _, signal = code2.partition(":")
-        return exit_code not in ("", "0") or signal not in ("", "0")
-    raw = env.get("SLURM_JOB_EXIT_CODE")
-    return bool(raw) and raw != "0"
+        return nonzero(code2)
+    return nonzero(env.get("SLURM_JOB_EXIT_CODE"))
 
 
 def suite_for(cfg: Dict[str, Any], context: str, env: Dict[str, str],
@@ -149,9 +154,12 @@ def _act(slurm: Slurm, node: str, action: policy.Action, view: Optional[NodeView
     return action
 
 
-def kill_leftovers(ctx: Any) -> List[Any]:
-    """The epilog's optional clean-up: SIGKILL the compute processes still on the GPUs after the
-    job. A finding says what was killed; a simulated node's processes are only reported."""
+def kill_leftovers(ctx: Any, job_uid: Optional[int] = None) -> List[Any]:
+    """The epilog's optional clean-up: SIGKILL the compute processes still on the job's GPUs after
+    the job. Where the job's GPUs are not known (no SLURM_JOB_GPUS: a CPU-only job on a shared node,
+    or GPUs not set up as a GRES), only processes of the job's user (SLURM_JOB_UID, never root) are
+    leftovers: another job's training must not die with it. A finding says what was killed; a
+    simulated node's processes are only reported."""
     import signal
 
     from .backends.gpu import GpuError
@@ -172,6 +180,8 @@ def kill_leftovers(ctx: Any) -> List[Any]:
             pid = int(proc.get("pid") or 0)
             if pid <= 1 or pid == os.getpid():
                 continue
+            if ctx.job_gpus is None and (not job_uid or _owner(pid) != job_uid):
+                continue
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(str(pid))
@@ -183,8 +193,23 @@ def kill_leftovers(ctx: Any) -> List[Any]:
     return out
 
 
+def job_owns(ctx: Any, finding: Any) -> bool:
+    """Whether a finding of this run is its job's doing: not on another job's GPU (shared node),
+    not an event the xid check saw before the job began (``before_job``)."""
+    if finding is None or finding.metrics.get("before_job"):
+        return False
+    return finding.gpu is None or ctx.job_owns(finding.gpu.index)
+
+
+def _owner(pid: int) -> Optional[int]:
+    try:
+        return os.stat("/proc/%d" % pid).st_uid
+    except OSError:
+        return None
+
+
 def decide_and_act(cfg: Dict[str, Any], report: Report, slurm: Optional[Slurm],
-                   deadline: Optional[float] = None) -> policy.Action:
+                   deadline: Optional[float] = None, owns: Optional[Callable[[Any], bool]] = None) -> policy.Action:
     overall = report.overall
     if overall is Severity.PASS or overall is Severity.ERROR:
         if report.context == HEALTHCHECK and overall is Severity.PASS:
@@ -199,8 +224,8 @@ def decide_and_act(cfg: Dict[str, Any], report: Report, slurm: Optional[Slurm],
             nodes = slurm.nodes() if slurm else None
         except SlurmError as exc:
             log("warning: breaker cannot count drains: %s" % exc)
-            return policy.Action(policy.SKIP, policy.drain_reason(report), "breaker state unknown: %s" % exc)
-    action = policy.decide(report, view, cfg, nodes)
+            return policy.Action(policy.SKIP, policy.drain_reason(report, owns), "breaker state unknown: %s" % exc)
+    action = policy.decide(report, view, cfg, nodes, owns)
     if slurm is not None and action.kind in (policy.DRAIN, policy.COMMENT):
         action = _act(slurm, report.node, action)
         if action.kind == policy.DRAIN and nodes is not None:
@@ -273,8 +298,9 @@ def run_context(cfg: Dict[str, Any], context: str, node: Optional[str] = None, s
     report, _, ctx = session.run(cfg, context, suite=suite, node=node, simulate=simulate,
                                  job_id=env.get("SLURM_JOB_ID"), job_gpus=job_gpus(env), deadline=deadline)
     if context == EPILOG and cfg["epilog"]["kill_leftover_processes"]:
-        report.findings.extend(kill_leftovers(ctx))
-    action = decide_and_act(cfg, report, slurm, deadline)
+        uid = env.get("SLURM_JOB_UID", "")
+        report.findings.extend(kill_leftovers(ctx, int(uid) if uid.isdigit() else None))
+    action = decide_and_act(cfg, report, slurm, deadline, owns=lambda f: job_owns(ctx, f))
     if action.kind != policy.NONE:
         report.action = action.kind
     record(cfg, report, deadline)

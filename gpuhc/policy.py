@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .backends.slurm import NodeView
 from .model import Finding, Report, Severity
@@ -73,8 +73,10 @@ def _describe(f: Finding) -> str:
     return "%s: %s" % (f.check, message)
 
 
-def drain_reason(report: Report) -> str:
-    """``gpuhc: REBOOT xid: Xid 79 on GPU3 0000:5d:00.0: ... (+2 more) job 123``, short."""
+def drain_reason(report: Report, owns: Optional[Callable[[Finding], bool]] = None) -> str:
+    """``gpuhc: REBOOT xid: Xid 79 on GPU3 0000:5d:00.0: ... (+2 more) job 123``, short. An
+    epilog's reason names its job only when the top finding is the job's (``owns``: not another
+    job's GPU on a shared node, not an event from before the job)."""
     top = top_finding(report)
     if top is None:
         return PREFIX
@@ -83,7 +85,7 @@ def drain_reason(report: Report) -> str:
     tail = ""
     if more > 0:
         tail += " (+%d more)" % more
-    if report.job_id and report.context == "epilog":
+    if report.job_id and report.context == "epilog" and (owns is None or owns(top)):
         tail += " job %s" % report.job_id
     if len(text) + len(tail) > REASON_MAX:
         text = text[:REASON_MAX - len(tail) - 3] + "..."
@@ -147,7 +149,7 @@ def breaker_open(view: NodeView, nodes: Dict[str, NodeView], cfg: Dict[str, Any]
 
 
 def decide(report: Report, view: Optional[NodeView], cfg: Dict[str, Any],
-           nodes: Optional[Dict[str, NodeView]] = None) -> Action:
+           nodes: Optional[Dict[str, NodeView]] = None, owns: Optional[Callable[[Finding], bool]] = None) -> Action:
     """What to do about a fresh report on this node (prolog, epilog, healthcheck, sweep)."""
     overall = report.overall
     if overall is Severity.ERROR:
@@ -165,7 +167,7 @@ def decide(report: Report, view: Optional[NodeView], cfg: Dict[str, Any],
         if not comment_is_ours(view):
             return Action(NONE, why="monitor finding; the node comment is someone else's: kept")
         return Action(COMMENT, reason=text, why="monitor finding")
-    reason = drain_reason(report)
+    reason = drain_reason(report, owns)
     if view.drained:              # already drained by gpuhc: only escalate the reason
         old = reason_severity(view.reason)
         if old is not None and old.rank >= overall.rank:

@@ -303,7 +303,8 @@ def active(rec: dict) -> bool:
 def merge(records: List[dict], new: List[XidEvent], now: float = 0.0) -> List[dict]:
     """New events folded into the records by key (repeats counted, an acknowledged or cleared
     event that happens again is active again); an Xid 154 whose recovery action returns to
-    None clears the earlier events of its GPU (the reset it asked for is done)."""
+    None is a GPU reset done: the earlier events of its GPU are marked reset as `gpuhc reset`
+    marks them (those a reset resolves stop counting; REBOOT and ISOLATE ones stay)."""
     out = [dict(r) for r in records]
     by_key = {r["key"]: r for r in out}
     for ev in new:
@@ -311,9 +312,7 @@ def merge(records: List[dict], new: List[XidEvent], now: float = 0.0) -> List[di
                                    for r in out):
             continue        # the rest of an SXid whose first line an earlier scan read
         if ev.kind == "xid" and ev.xid == 154 and recovery_action_severity(ev.message) == "MONITOR":
-            for r in out:
-                if r["pci_bus_id"] == ev.pci_bus_id:
-                    r["cleared"] = True
+            mark_reset(out, ev.pci_bus_id, now)
         rec = record(ev, now)
         old = by_key.get(rec["key"])
         if old is None:

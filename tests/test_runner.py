@@ -128,7 +128,13 @@ def test_epilog_kills_leftover_gpu_processes_when_configured(make_cfg, monkeypat
         assert victim.poll() is None                      # not configured: reported only
         assert any(f.check == "processes" and "leftover" in f.message for f in out.report.findings)
         cfg = make_cfg(simulate="h100-healthy", slurm={"backend": "none"}, epilog={"kill_leftover_processes": True})
-        out = actions.run_context(cfg, "epilog", node="gpu-001", env={"SLURM_JOB_ID": "6"})
+        # the job's GPUs unknown and the process not of the job's user (root's): not a leftover
+        actions.run_context(cfg, "epilog", node="gpu-001", env={"SLURM_JOB_ID": "6", "SLURM_JOB_UID": "0"})
+        assert victim.poll() is None
+        # another job's GPU: not touched
+        actions.run_context(cfg, "epilog", node="gpu-001", env={"SLURM_JOB_ID": "6", "SLURM_JOB_GPUS": "0,1"})
+        assert victim.poll() is None
+        out = actions.run_context(cfg, "epilog", node="gpu-001", env={"SLURM_JOB_ID": "6", "SLURM_JOB_GPUS": "2"})
         assert victim.wait(timeout=5) == -9
         killed = [f for f in out.report.findings if "killed 1 leftover" in f.message]
         assert killed and killed[0].gpu.index == 2

@@ -207,17 +207,18 @@ def test_sxid_fatal_word_decides_and_unknown_xid_is_named():
     assert (sev, res) == ("MONITOR", "UNKNOWN") and "999" in desc
 
 
-def test_merge_folds_repeats_and_154_to_none_clears_the_gpu():
+def test_merge_folds_repeats_and_154_to_none_marks_the_gpu_reset():
     lines = ["NVRM: Xid (PCI:0000:18:00): 45, pid=1, name=p, Ch 00000008",
              "NVRM: Xid (PCI:0000:18:00): 45, pid=1, name=p, Ch 00000009",
              "NVRM: Xid (PCI:0000:2a:00): 48, pid=1, name=p, DBE"]
     recs = X.merge([], X.parse(lines))
     assert [(r["xid"], r["count"]) for r in recs] == [(45, 2), (48, 1)]
     recs = X.merge(recs, X.parse(["NVRM: Xid (PCI:0000:2a:00): 154, GPU recovery action changed from 0x1 (GPU Reset Required) to 0x0 (None)"]))
-    assert [X.active(r) for r in recs] == [True, False, True]
-    # the same fault again after the reset is active again
+    # the reset the 154 reports is marked on that GPU's events, as `gpuhc reset` marks them
+    assert [bool(r.get("reset") is not None) for r in recs] == [False, True, False]
+    # the same fault again after the reset counts again
     recs = X.merge(recs, X.parse(lines[2:]))
-    assert X.active(recs[1]) and recs[1]["count"] == 2
+    assert X.active(recs[1]) and recs[1]["count"] == 2 and "reset" not in recs[1]
     assert X.acknowledge(recs, xid=48) == 1 and not X.active(recs[1]) and X.active(recs[0])
 
 

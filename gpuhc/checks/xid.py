@@ -58,6 +58,7 @@ def keep(new: Dict[str, Any], current: Optional[Dict[str, Any]]) -> Dict[str, An
     reset) while the run was going: kept on every event this run did not see again."""
     if not isinstance(current, dict) or current.get("boot_id") != new.get("boot_id"):
         return new
+    new["jobs"] = _newest_jobs(dict(current.get("jobs") or {}, **(new.get("jobs") or {})))
     marked = {r["key"]: r for r in current.get("events", []) if r.get("acked") or r.get("reset")}
     for rec in new.get("events", []):
         theirs = marked.get(rec["key"])
@@ -82,7 +83,15 @@ def gather(ctx: Context) -> Dict[str, Any]:
     new = X.scan(chunk.text, chunk.first_line)
     if new_boot and chunk.cursor.get("source") == "file":
         new = _this_boot(ctx, new)
-    state["events"] = X.merge(state.get("events", []), new, time.time())
+    now = time.time()
+    state["events"] = X.merge(state.get("events", []), new, now)
+    # where each job's prolog left the log: an epilog tells what happened during its job from
+    # what was there before (an event not seen again since is not the job's doing)
+    jobs = dict(state.get("jobs") or {})
+    if ctx.job_id and ctx.context == "prolog":
+        jobs[str(ctx.job_id)] = now
+    job_since = jobs.get(str(ctx.job_id)) if ctx.job_id and ctx.context == "epilog" else None
+    state["jobs"] = _newest_jobs(jobs)
     if any(X.active(e) for e in state["events"]):
         acked = ctx.ack_time()            # an operator's `gpuhc resume --force`, from the store
         if acked is not None:
@@ -96,6 +105,7 @@ def gather(ctx: Context) -> Dict[str, Any]:
     return {
         "_state": state,
         "events": events,
+        "job": (str(ctx.job_id), job_since) if job_since is not None else None,
         "lost": state["lost"],
         "gpus": gpus,
         "conditions": X.Conditions(gpu_name=(inv.model or "") if inv else "", strict=bool(xcfg.get("strict")),
@@ -104,6 +114,12 @@ def gather(ctx: Context) -> Dict[str, Any]:
                                    overrides={int(k): v for k, v in (xcfg.get("overrides") or {}).items()},
                                    sxid_overrides={int(k): v for k, v in (xcfg.get("sxid_overrides") or {}).items()}),
     }
+
+
+def _newest_jobs(jobs: Dict[str, Any], most: int = 64) -> Dict[str, Any]:
+    """The prolog marks of the newest ``most`` jobs (a node runs a few jobs at once at most)."""
+    good = [(k, v) for k, v in jobs.items() if isinstance(v, (int, float))]
+    return dict(sorted(good, key=lambda kv: kv[1])[-most:])
 
 
 def _file_cursor(cursor: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -159,10 +175,14 @@ def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
     out: List[Finding] = []
     events = [X.event_from_record(rec) for rec in data["events"]]
     switch_cause = _nvswitch_cause(events)
+    job = data.get("job")         # epilog: (job id, when its prolog read the log)
     for rec, ev in zip(data["events"], events):
         severity, resolution, desc = X.classify(ev, data["conditions"])
         if rec.get("reset") and Severity.parse(severity).rank <= Severity.RESET.rank:
             continue            # `gpuhc reset` of this GPU after the event resolved it
+        before_job = job is not None and rec.get("seen", 0.0) <= job[1]
+        if before_job and Severity.parse(severity).rank <= Severity.MONITOR.rank:
+            continue            # an earlier job's fault, reported then: not this job's
         ref = data["gpus"].get(ev.pci_bus_id)
         label = "Xid" if ev.kind == "xid" else "SXid"
         where = ("GPU%d " % ref.index if ref is not None else "") + ev.pci_bus_id
@@ -174,9 +194,13 @@ def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
         if ev.kind == "xid" and ev.xid == 74 and switch_cause:
             text += switch_cause
             resolution += ", check the NVSwitch and fabric manager first"
+        metrics = {"xid": ev.xid, "count": ev.count}
+        if before_job:
+            text += " (logged before job %s began)" % job[0]
+            metrics["before_job"] = 1
         out.append(Finding(NAME, Severity.parse(severity), text, gpu=ref,
                            device=None if ref is not None else ev.pci_bus_id,
-                           remediation="%s (%s)" % (desc, resolution), metrics={"xid": ev.xid, "count": ev.count}))
+                           remediation="%s (%s)" % (desc, resolution), metrics=metrics))
     if data.get("lost"):
         out.append(Finding(NAME, Severity.MONITOR, "%d kernel log records were overwritten before they could be read"
                            % data["lost"], remediation="enable persistent journald, or run gpuhc more often"))
