@@ -290,7 +290,9 @@ def consider_resume(cfg: Dict[str, Any], node: str, slurm: Optional[Slurm],
 
 
 def run_context(cfg: Dict[str, Any], context: str, node: Optional[str] = None, simulate: Optional[str] = None,
-                env: Optional[Dict[str, str]] = None) -> Outcome:
+                env: Optional[Dict[str, str]] = None, echo: bool = True) -> Outcome:
+    """One Slurm context on this node: checks, then drain/comment/resume, record, and one line per
+    finding on stdout (``echo``) and in syslog."""
     env = dict(os.environ if env is None else env)
     deadline = time.monotonic() + C.budget(cfg, context)     # checks, Slurm and the store together
     slurm = slurm_backend(cfg, deadline)
@@ -305,7 +307,7 @@ def run_context(cfg: Dict[str, Any], context: str, node: Optional[str] = None, s
         report.action = action.kind
     record(cfg, report, deadline)
     lines = finding_lines(report, action)
-    for line in lines:
+    for line in lines if echo else ():
         print(line)
     to_syslog(lines, report.overall)
     code = 0

@@ -190,8 +190,10 @@ def xid(source: str, as_json: bool, gpu_name: str, strict: bool) -> None:
 @click.option("--node", metavar="NAME", help="Node name (default $SLURMD_NODENAME).")
 @click.option("--xid", "xid_number", type=int, metavar="N", help="Only this Xid number.")
 @click.option("--gpu", "pci_bus_id", metavar="BUS_ID", help="Only this GPU (PCI bus id, e.g. 0000:5d:00.0).")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def ack(ctx: click.Context, node: Optional[str], xid_number: Optional[int], pci_bus_id: Optional[str]) -> None:
+def ack(ctx: click.Context, node: Optional[str], xid_number: Optional[int], pci_bus_id: Optional[str],
+        as_json: bool) -> None:
     """Acknowledge the active Xid events of this node: they stop causing findings until they recur."""
     from . import session
     from .checks.xid import acknowledge
@@ -205,7 +207,10 @@ def ack(ctx: click.Context, node: Optional[str], xid_number: Optional[int], pci_
     n = acknowledge(cfg["state_dir"], name, xid_number, pci_bus_id)
     which = "".join([" Xid %d" % xid_number if xid_number is not None else "",
                      " on GPU %s" % parse_bus_id(pci_bus_id) if pci_bus_id is not None else ""])
-    if n:
+    if as_json:
+        emit_json({"node": name, "acknowledged": n, "xid": xid_number,
+                   "pci_bus_id": parse_bus_id(pci_bus_id) if pci_bus_id is not None else None})
+    elif n:
         click.echo("%s: acknowledged %d Xid event(s)%s" % (name, n, which))
     else:
         click.echo("%s: no active Xid event%s to acknowledge (state in %s)" % (name, which, cfg["state_dir"]))
@@ -292,12 +297,17 @@ def prometheus(ctx: click.Context, output: Optional[str], nodelist: Optional[str
 
 def _context_command(context: str, doc: str):
     @click.option("--node", metavar="NAME", help="Node name (default $SLURMD_NODENAME).")
+    @click.option("--json", "as_json", is_flag=True,
+                  help="Print the report and what was done as JSON instead of one line per finding.")
     @common_options
     @click.pass_context
-    def command(ctx: click.Context, node: Optional[str]) -> None:
+    def command(ctx: click.Context, node: Optional[str], as_json: bool) -> None:
         from . import actions
 
-        outcome = actions.run_context(load_config(ctx), context, node=node, simulate=_state(ctx).get("simulate"))
+        outcome = actions.run_context(load_config(ctx), context, node=node, simulate=_state(ctx).get("simulate"),
+                                      echo=not as_json)
+        if as_json:
+            emit_json(dict(outcome.report.to_dict(), action=outcome.action.to_dict(), exit_code=outcome.exit_code))
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(outcome.exit_code)     # never wait for a check thread stuck in the GPU library

@@ -142,3 +142,26 @@ def test_xid_reads_stdin_bytes_that_are_not_utf8(tmp_path):
                          env=env, cwd=ROOT, timeout=60)
     assert res.returncode == 0, res.stderr
     assert [e["xid"] for e in json.loads(res.stdout)] == [79]
+
+
+def test_slurm_contexts_and_ack_print_json(tmp_path):
+    """Automation wraps the prolog (or runs it by hand on a suspect node) and wants the report and
+    what gpuhc did as JSON, like every other command; exit codes stay the prolog's."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+
+    env = dict(os.environ, SLURMD_NODENAME="gpu-007", SLURM_JOB_ID="77",
+               **isolated(tmp_path, "slurm: {backend: none}\n"))
+    res = subprocess.run([sys.executable, "-m", "gpuhc", "prolog", "--simulate", "h100-xid79", "--json"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    out = json.loads(res.stdout)                      # nothing but the JSON on stdout
+    assert res.returncode == out["exit_code"] == 0    # no Slurm to drain with: no requeue
+    assert out["node"] == "gpu-007" and out["context"] == "prolog" and out["job_id"] == "77"
+    assert out["overall"] == "REBOOT" and out["action"]["kind"] == "skip"
+    assert any(f["check"] == "xid" and f["severity"] == "REBOOT" for f in out["findings"])
+    res = subprocess.run([sys.executable, "-m", "gpuhc", "ack", "--simulate", "h100-xid79", "--json"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {"node": "gpu-007", "acknowledged": 1, "xid": None, "pci_bus_id": None}
