@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import config as C
 from . import policy, session
-from .backends.slurm import NodeView, Slurm, SlurmError
+from .backends.slurm import JobView, NodeView, Slurm, SlurmError
 from .backends.slurm_cli import SlurmCli
 from .model import Report, Severity
 
@@ -71,35 +71,58 @@ def record(cfg: Dict[str, Any], report: Report, deadline: Optional[float] = None
         log("warning: result not recorded: %s" % exc)
 
 
-def job_failed(env: Dict[str, str]) -> bool:
+def _nonzero(status: Optional[str]) -> bool:
+    """A non-zero part in an exit status: "3", "0:15" (exit:signal)."""
+    return any(part.strip() not in ("", "0") for part in (status or "").split(":"))
+
+
+def job_failed(env: Dict[str, str], job: Optional[JobView] = None) -> bool:
     """From the epilog's environment: a non-zero exit code or a signal, of the job's script or of
     any of its steps (SLURM_JOB_DERIVED_EC, the highest of the steps': an `srun` that crashed
-    under a script that went on and exited 0)."""
-    def nonzero(value: Optional[str]) -> bool:
-        return any(part.strip() not in ("", "0") for part in (value or "").split(":"))
-
-    if nonzero(env.get("SLURM_JOB_DERIVED_EC")):
+    under a script that went on and exited 0); or the same in Slurm's view of the job (``job``),
+    which knows what the environment does not for a job the controller ended: a cancelled,
+    timed-out or preempted job's epilog sees exit 0:0."""
+    if _nonzero(env.get("SLURM_JOB_DERIVED_EC")):
+        return True
+    if job is not None and (_nonzero(job.exit_code) or _nonzero(job.derived_exit_code)):
         return True
     code2 = env.get("SLURM_JOB_EXIT_CODE2")          # "exit:signal"
     if code2:
-        return nonzero(code2)
-    return nonzero(env.get("SLURM_JOB_EXIT_CODE"))
+        return _nonzero(code2)
+    return _nonzero(env.get("SLURM_JOB_EXIT_CODE"))
+
+
+def _job(slurm: Optional[Slurm], env: Dict[str, str]) -> Optional[JobView]:
+    if slurm is None or not env.get("SLURM_JOB_ID"):
+        return None
+    try:
+        return slurm.job(env["SLURM_JOB_ID"])
+    except SlurmError as exc:
+        log("warning: job unreadable: %s" % exc)
+        return None
 
 
 def suite_for(cfg: Dict[str, Any], context: str, env: Dict[str, str],
               slurm: Optional[Slurm] = None) -> str:
     """The context's suite; for a failed job the epilog's failure suite, unless the operator
-    allows opting out and the job's comment holds the token."""
+    allows opting out and the job's comment holds the token. Slurm is asked about the job only
+    where config says so: for a job that looks clean (``epilog.ask_slurm_exit_code``) or to
+    read the opt-out comment of a failed one."""
     base = cfg["context_suites"].get(context, context)
-    if context != EPILOG or not job_failed(env):
+    if context != EPILOG:
+        return base
+    job = None
+    failed = job_failed(env)
+    if not failed and cfg["epilog"]["ask_slurm_exit_code"]:
+        job = _job(slurm, env)
+        failed = job_failed(env, job)
+    if not failed:
         return base
     optout = cfg["job_optout"]
-    if optout["allowed"] and slurm is not None and env.get("SLURM_JOB_ID"):
-        try:
-            if optout["token"] in slurm.job_comment(env["SLURM_JOB_ID"]):
-                return base
-        except SlurmError as exc:
-            log("warning: job comment unreadable: %s" % exc)
+    if optout["allowed"]:
+        job = job or _job(slurm, env)
+        if job is not None and optout["token"] in job.comment:
+            return base
     return cfg["epilog"]["failure_suite"]
 
 

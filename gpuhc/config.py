@@ -107,8 +107,11 @@ def defaults() -> Dict[str, Any]:
                    "suite_depth": {"prolog": 1, "epilog": 1, "healthcheck": 1, "lightweight": 1, "check": 1,
                                    "custom": 0, "intensive": 2, "quarantine": 2}},
         # epilog: the suite for a job that failed (non-zero exit or signal); whether to kill the
-        # compute processes a job left on the GPUs (SIGKILL; never on a simulated node)
-        "epilog": {"failure_suite": "epilog_failure", "kill_leftover_processes": False},
+        # compute processes a job left on the GPUs (SIGKILL; never on a simulated node); whether
+        # to ask slurmctld for the exit code of a job whose epilog sees 0:0 (cancelled, timed out:
+        # the node does not know yet; one scontrol call per node per job end)
+        "epilog": {"failure_suite": "epilog_failure", "kill_leftover_processes": False,
+                   "ask_slurm_exit_code": False},
         # per-job opt-out of the slow parts (the failure suite): a job whose --comment holds the
         # token gets the quick epilog suite; only where the operator allows it
         "job_optout": {"allowed": False, "token": "gpuhc:skip-slow"},
@@ -160,7 +163,7 @@ SCHEMA: Dict[str, Any] = {
               "dry_run": "bool", "comment_monitor": "bool"},
     "breaker": {"enabled": "bool", "max_fraction": NUM, "max_nodes": "count?", "window": NUM, "settle": "seconds"},
     "resume": {"auto": "bool", "passes": "count", "suite_depth": MapOf("str", "count")},
-    "epilog": {"failure_suite": "str", "kill_leftover_processes": "bool"},
+    "epilog": {"failure_suite": "str", "kill_leftover_processes": "bool", "ask_slurm_exit_code": "bool"},
     "job_optout": {"allowed": "bool", "token": "str"},
 }
 

@@ -167,3 +167,49 @@ def test_leftover_of_the_jobs_own_user_is_killed_when_its_gpus_are_unknown(cfg):
         if left.poll() is None:
             left.kill()
             left.wait()
+
+
+SCONTROL_TIMEOUT = os.path.join(os.path.dirname(__file__), "data", "scontrol-show-job-timeout-in-epilog.txt")
+
+
+def test_a_job_the_controller_ended_counts_as_failed_when_slurm_is_asked(cfg, monkeypatch):
+    """A job that hit its time limit (a hung NCCL ring on a bad GPU, often) or that the user
+    cancelled because it hung: Slurm 22.05 gives its epilog SLURM_JOB_EXIT_CODE2=0:0 and
+    DERIVED_EC=0 (seen on the test cluster), so the epilog ran the quick suite. With
+    epilog.ask_slurm_exit_code the epilog asks slurmctld, whose ExitCode is already 0:15 then
+    (output captured in that epilog), and runs the failure suite. Off by default: it is one
+    slurmctld call per node per job end, which Slurm advises against at scale."""
+    from gpuhc.backends.slurm_cli import SlurmCli
+
+    with open(SCONTROL_TIMEOUT) as f:
+        captured = f.read()
+    calls = []
+
+    def fake_run(self, argv, timeout=None):
+        calls.append(argv)
+        return captured
+
+    monkeypatch.setattr(SlurmCli, "_run", fake_run)
+    slurm = SlurmCli()
+    job = slurm.job("2")
+    assert (job.exit_code, job.derived_exit_code, job.comment) == ("0:15", "", "")
+    env = {"SLURM_JOB_ID": "2", "SLURM_JOB_EXIT_CODE2": "0:0", "SLURM_JOB_EXIT_CODE": "0", "SLURM_JOB_DERIVED_EC": "0"}
+    calls.clear()
+    assert actions.suite_for(cfg, "epilog", env, slurm) == "epilog"
+    assert calls == []                                   # off: no Slurm call on a clean-looking epilog
+    cfg["epilog"]["ask_slurm_exit_code"] = True
+    assert actions.suite_for(cfg, "epilog", env, slurm) == "epilog_failure"
+    assert calls == [["scontrol", "show", "job", "--oneliner", "2"]]
+    # a job Slurm also shows clean stays on the quick suite; Slurm not answering: the quick suite
+    monkeypatch.setattr(SlurmCli, "_run", lambda self, argv, timeout=None: captured.replace("ExitCode=0:15", "ExitCode=0:0"))
+    assert actions.suite_for(cfg, "epilog", env, slurm) == "epilog"
+
+    def hung(self, argv, timeout=None):
+        raise actions.SlurmError("scontrol show job timed out after 5s")
+    monkeypatch.setattr(SlurmCli, "_run", hung)
+    assert actions.suite_for(cfg, "epilog", env, slurm) == "epilog"
+    # the environment already says failed: no need to ask
+    calls.clear()
+    monkeypatch.setattr(SlurmCli, "_run", fake_run)
+    assert actions.suite_for(cfg, "epilog", dict(env, SLURM_JOB_EXIT_CODE2="3:0"), slurm) == "epilog_failure"
+    assert calls == []

@@ -11,7 +11,7 @@ import pytest
 from gpuhc import actions as A
 from gpuhc import config as C
 from gpuhc import policy as P
-from gpuhc.backends.slurm import NodeView, Slurm
+from gpuhc.backends.slurm import JobView, NodeView, Slurm
 from gpuhc.backends.slurm_cli import parse_nodes
 from gpuhc.model import Finding, GpuRef, Report, Severity
 from gpuhc.store import Store, encode
@@ -69,9 +69,9 @@ class FakeSlurm(Slurm):
             if "Comment" in fields:
                 v.comment = fields["Comment"]
 
-    def job_comment(self, job_id):
+    def job(self, job_id):
         time.sleep(min(self.comment_delay, self.time_left("scontrol show job")))
-        return ""
+        return JobView(str(job_id))
 
     def reservations(self):
         return {}

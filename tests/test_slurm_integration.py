@@ -264,7 +264,7 @@ def test_status_against_the_cluster(site):
 
 
 def test_epilog_suite_follows_the_job_exit_and_the_allowed_opt_out(site):
-    s = site(job_optout={"allowed": True})
+    s = site(job_optout={"allowed": True}, epilog={"ask_slurm_exit_code": True})
     ok = s.cluster.sbatch(JOB, nodelist="gpu-001")
     failed = s.cluster.sbatch("#!/bin/sh\nexit 3\n", nodelist="gpu-002")
     opted = s.cluster.sbatch("#!/bin/sh\nexit 3\n", nodelist="gpu-003", comment="gpuhc:skip-slow")
@@ -278,6 +278,18 @@ def test_epilog_suite_follows_the_job_exit_and_the_allowed_opt_out(site):
     assert epilog_suite("gpu-002", failed) == ["epilog_failure"]
     assert epilog_suite("gpu-003", opted) == ["epilog"]
     assert all(not drained(s.state(n)[0]) for n in ("gpu-001", "gpu-002", "gpu-003"))
+    # a step that crashed under a script that went on and exited 0 (SLURM_JOB_DERIVED_EC), and a
+    # job cancelled while it ran (killed by a signal; its epilog's environment says 0:0, Slurm is
+    # asked): both failed jobs as far as the GPUs go
+    step = s.cluster.sbatch("#!/bin/sh\nsrun sh -c 'exit 7'\nexit 0\n", nodelist="gpu-004")
+    s.cluster.wait_job(step, timeout=90)
+    assert epilog_suite("gpu-004", step) == ["epilog_failure"], s.cluster.job(step)
+    long = s.cluster.sbatch("#!/bin/sh\nsleep 300\n", nodelist="gpu-001")
+    s.cluster.wait_job(long, timeout=60, states=("RUNNING",))
+    time.sleep(1)
+    s.cluster.run(["scancel", str(long)])
+    s.cluster.wait_job(long, timeout=90)
+    assert epilog_suite("gpu-001", long) == ["epilog_failure"], s.cluster.job(long)
 
 
 def wait_for(predicate, timeout=60, what="condition"):

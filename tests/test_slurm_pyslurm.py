@@ -165,6 +165,16 @@ def test_job_comment(host, fake):
         b.job_comment("abc")
 
 
+def test_job_exit_codes(host, fake):
+    """pyslurm gives exit code and signal apart, None where the status was not of that kind."""
+    fake._controller.jobs[50] = {"comment": "x", "exit_code": None, "exit_code_signal": 15,
+                                 "derived_exit_code": 0, "derived_exit_code_signal": None}
+    fake._controller.jobs[51] = {"comment": None, "exit_code": 0, "exit_code_signal": None}
+    job = backend().job("50")
+    assert (job.job_id, job.comment, job.exit_code, job.derived_exit_code) == ("50", "x", "0:15", "0:0")
+    assert backend().job(" 51").exit_code == "0:0"
+
+
 def test_reservations(host, fake):
     now = time.time()
     fake._controller.reservations += [

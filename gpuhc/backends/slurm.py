@@ -36,6 +36,21 @@ class NodeView:
         return self.reason.startswith("gpuhc:")
 
 
+@dataclass
+class JobView:
+    """What gpuhc asks Slurm about a job: its --comment, and its exit code and the highest of its
+    steps' as "exit:signal" (scontrol's ExitCode / DerivedExitCode)."""
+    job_id: str
+    comment: str = ""
+    exit_code: str = ""
+    derived_exit_code: str = ""
+
+
+def exit_status(exit_code: Any, signal: Any) -> str:
+    """"exit:signal" from two numbers, either of which may be unknown (None)."""
+    return "%s:%s" % (exit_code if exit_code is not None else 0, signal if signal is not None else 0)
+
+
 def state_words(value: Any) -> Set[str]:
     """Slurm's state as a set of upper-case words: "IDLE+DRAIN", "IDLE DRAIN" or ["IDLE", "DRAIN"]."""
     if value is None:
@@ -64,7 +79,7 @@ def reserved_nodes(reservations: Iterable[Any]) -> Dict[str, str]:
 
 class Slurm:
     """What a backend provides: available(), nodes(names), update_node(name, **scontrol_fields),
-    job_comment(job_id), reservations(); the rest is built on those here."""
+    job(job_id), reservations(); the rest is built on those here."""
 
     kind = ""
 
@@ -93,6 +108,10 @@ class Slurm:
 
     def set_comment(self, name: str, comment: str) -> None:
         self.update_node(name, Comment=comment)
+
+    def job_comment(self, job_id: str) -> str:
+        """The job's --comment ('' when none)."""
+        return self.job(job_id).comment
 
     def features(self, name: str) -> List[str]:
         view = self.node(name)

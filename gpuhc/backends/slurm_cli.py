@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from .slurm import NodeView, Slurm, SlurmError, reserved_nodes, state_words
+from .slurm import JobView, NodeView, Slurm, SlurmError, reserved_nodes, state_words
 
 
 def _number(value: Any) -> Optional[int]:
@@ -127,14 +128,20 @@ class SlurmCli(Slurm):
         argv += ["%s=%s" % (k, v) for k, v in fields.items()]
         self._run(argv)
 
-    def job_comment(self, job_id: str) -> str:
-        """The job's --comment ('' when none)."""
+    def job(self, job_id: str) -> JobView:
+        """The job as `scontrol show job --oneliner` shows it."""
         out = self._run(["scontrol", "show", "job", "--oneliner", str(job_id)])
         comment = out.split(" Comment=", 1)[1] if " Comment=" in out else ""
         # the comment runs to the next 'Key=' field
         for key in (" StdErr=", " StdIn=", " StdOut=", " Power=", " MailUser=", " TresPerNode="):
             comment = comment.split(key, 1)[0]
-        return comment.strip() if comment.strip() != "(null)" else ""
+
+        def field(key: str) -> str:
+            found = re.search(r"(?:^|\s)%s=(\d+:\d+)(?=\s|$)" % key, out)
+            return found.group(1) if found else ""
+
+        return JobView(str(job_id), comment.strip() if comment.strip() != "(null)" else "",
+                       field("ExitCode"), field("DerivedExitCode"))
 
     def reservations(self) -> Dict[str, str]:
         """node -> the name of the active reservation it is in (one per node: the first listed)."""

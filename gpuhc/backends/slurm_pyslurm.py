@@ -31,7 +31,7 @@ import re
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..bounded import Overtime, call_within
-from .slurm import NodeView, Slurm, SlurmError, reserved_nodes, state_words
+from .slurm import JobView, NodeView, Slurm, SlurmError, exit_status, reserved_nodes, state_words
 from .slurm_cli import SlurmCli
 
 
@@ -187,16 +187,20 @@ class SlurmPyslurm(Slurm):
         self._call("Node(%s).modify(%s)" % (name, ",".join(sorted(changes))),
                    lambda: lib.Node(name).modify(lib.Node(**changes)))
 
-    def job_comment(self, job_id: str) -> str:
-        """The job's --comment ('' when none)."""
+    def job(self, job_id: str) -> JobView:
         try:
             number = int(str(job_id).strip())
         except ValueError:
             raise SlurmError("not a job id: %r" % (job_id,)) from None
         lib = self._pyslurm()
-        comment = self._call("Job.load(%d)" % number, lambda: lib.Job.load(number).comment)
-        comment = (comment or "").strip()
-        return "" if comment == "(null)" else comment
+        job = self._call("Job.load(%d)" % number, lambda: lib.Job.load(number))
+        comment = (getattr(job, "comment", None) or "").strip()
+
+        def status(prefix: str) -> str:
+            return exit_status(getattr(job, prefix, None), getattr(job, prefix + "_signal", None))
+
+        return JobView(str(number), "" if comment == "(null)" else comment,
+                       status("exit_code"), status("derived_exit_code"))
 
     def reservations(self) -> Dict[str, str]:
         """node -> the name of the active reservation it is in (one per node: the first listed)."""

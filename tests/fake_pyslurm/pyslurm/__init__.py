@@ -298,7 +298,14 @@ class Job:
             raise RPCError(2017, "Invalid job id specified")
         job = Job(job_id)
         job._info["comment"] = _cstr(rec.get("comment"))
+        for key in ("exit_code", "exit_code_signal", "derived_exit_code", "derived_exit_code_signal"):
+            job._info[key] = rec.get(key)      # pyslurm: None where WIFEXITED/WIFSIGNALED says no
         return job
+
+    def __getattr__(self, name):
+        if name in ("exit_code", "exit_code_signal", "derived_exit_code", "derived_exit_code_signal"):
+            return self._info.get(name)
+        raise AttributeError(name)
 
     @property
     def id(self):
