@@ -169,14 +169,15 @@ def xid(source: str, as_json: bool, gpu_name: str, strict: bool) -> None:
     from .output import table
 
     if source == "-":
-        lines = sys.stdin.buffer.read().decode("utf-8", "replace").splitlines()
+        data = sys.stdin.buffer.read()
     else:
         try:
-            with open(source, errors="replace") as fh:
-                lines = fh.read().splitlines()
+            with open(source, "rb") as fh:
+                data = fh.read()
         except OSError as exc:
             raise GpuhcError("%s: cannot read: %s" % (source, exc.strerror or exc)) from None
-    events = X.describe(X.parse(lines), X.Conditions(gpu_name=gpu_name, strict=strict))
+    # lines are counted as the check counts them (newlines only), so `line` is what grep -n says
+    events = X.describe(X.scan(data.decode("utf-8", "replace")), X.Conditions(gpu_name=gpu_name, strict=strict))
     if as_json:
         emit_json(events)
         return

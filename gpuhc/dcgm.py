@@ -11,7 +11,9 @@ The three shapes, as dcgmi writes them (dcgmi/Diag.cpp of each release, and capt
   Detected" at the top level.
 - 4.x: ``{"DCGM Diagnostic": {"test_categories": [... "results": [{"entity_group": "GPU",
   "entity_group_id": 1, "entity_id": 3, "status", "warnings": [...], "info": [...]}],
-  "test_summary": {"status"}]}, "entity_groups": [...], "metadata": {"version", ...}}``.
+  "test_summary": {"status", "warnings", "info"}]}, "entity_groups": [...], "metadata": {"version", ...}}``;
+  the summary holds the test's overall status and the errors of no entity (a test can fail there
+  alone while every per-GPU result passes).
 
 A run that could not start says so in ``runtime_error`` under the top key. Statuses are
 Pass, Fail, Warn, Skip in any case. The parser is tolerant of fields it does not know.
@@ -127,17 +129,25 @@ def _where(result: Dict[str, Any]) -> Dict[str, Any]:
     return {}
 
 
+def _rank(status: str) -> int:
+    return 0 if status in ("PASS", "SKIP") else 2 if status == "FAIL" else 1
+
+
 def _results(category: str, test: Dict[str, Any]) -> List[DiagResult]:
+    """A test's results per entity; its 4.x ``test_summary`` (the overall status, with the errors
+    that belong to no entity) as a node-wide result when it is worse than every per-entity one."""
     name = str(test.get("name", "?"))
     rows = test.get("results") or []
-    if not rows and isinstance(test.get("test_summary"), dict):
-        rows = [test["test_summary"]]
     out = []
     for row in rows if isinstance(rows, list) else []:
         if not isinstance(row, dict):
             continue
         out.append(DiagResult(category, name, _status(row.get("status")), warnings=_warnings(row.get("warnings")),
                               info=_texts(row.get("info")), **_where(row)))
+    summary = test.get("test_summary")
+    if isinstance(summary, dict) and (not out or _rank(_status(summary.get("status"))) > max(_rank(r.status) for r in out)):
+        out.append(DiagResult(category, name, _status(summary.get("status")), warnings=_warnings(summary.get("warnings")),
+                              info=_texts(summary.get("info")), **_where(summary)))
     return out
 
 

@@ -1,8 +1,8 @@
 """Kernel-log Xid / SXid parsing and classification after NVIDIA's Xid catalog.
 
 Understands every prefix seen in the field: bare lines, ``[sec.usec]``, ``dmesg -T``
-dates, syslog/journalctl host prefixes, ``kernel:`` prefixes, ISO timestamps,
-``<N>`` priorities and /dev/kmsg records (``pri,seq,usec,flags;message``).
+dates, syslog/journalctl host prefixes, ``kernel:`` prefixes, ISO timestamps (also after an
+RFC 5424 ``<N>1 ``), ``<N>`` priorities and /dev/kmsg records (``pri,seq,usec,flags;message``).
 The event pattern is searched anywhere in the line, so an unknown prefix
 does not hide an Xid.
 """
@@ -16,19 +16,23 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from .backends.gpu import normalize_bus_id
 
+# On a MIG GPU the driver names the GPU instance (and compute instance) inside the parenthesis:
+# "NVRM: Xid (PCI:0000:47:00 GPU-I:01 GPU-CI:00): 95, ..." (kernel_rc.c, krcReportXid).
 _EVENT = re.compile(
-    r"(?P<kind>NVRM: Xid|SXid) \((?:PCI:)?(?P<bus>[0-9A-Fa-f]{1,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}(?:\.[0-7])?)\):"
+    r"(?P<kind>NVRM: Xid|SXid) \((?:PCI:)?(?P<bus>[0-9A-Fa-f]{1,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}(?:\.[0-7])?)"
+    r"(?: (?P<instance>GPU-I:\d+(?: GPU-CI:\d+)?))?\):"
     r"\s*(?P<xid>\d+)\s*(?:,\s*(?P<rest>.*))?$"
 )
 _PID = re.compile(r"pid\s*=\s*'?(?P<pid>\d+|<unknown>)'?\s*,\s*(?:name\s*=\s*(?P<name>[^,]*?)\s*,\s*)?")
 _SXID_SEV = re.compile(r"^(?P<sev>Fatal|Non-fatal)\s*,\s*", re.IGNORECASE)
 
 # Timestamp prefixes, tried in order; the first that matches the line's start names its time.
+# An ISO date may follow an RFC 5424 priority and version ("<4>1 2024-01-15T10:22:33.123456+00:00 host kernel - - - ").
 _TIME = [
     ("kmsg", re.compile(r"^\d+,(?P<seq>\d+),(?P<usec>\d+),[^;]*;")),
     ("mono", re.compile(r"^(?:<\d+>)?\[\s*(?P<sec>\d+\.\d+)\]")),
     ("ctime", re.compile(r"^(?:<\d+>)?\[(?P<date>[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4})\]")),
-    ("iso", re.compile(r"^(?:<\d+>)?(?P<date>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)")),
+    ("iso", re.compile(r"^(?:<\d+>1 |<\d+>)?(?P<date>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)")),
     ("syslog", re.compile(r"^(?:<\d+>)?(?P<date>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d)")),
 ]
 _MONO_AFTER = re.compile(r"\[\s*(?P<sec>\d+\.\d+)\]")
@@ -47,6 +51,7 @@ class XidEvent:
     pid: Optional[int] = None
     process: Optional[str] = None
     fatal: Optional[bool] = None    # SXid: the Fatal / Non-fatal word of the line
+    instance: Optional[str] = None  # MIG: "GPU-I:01 GPU-CI:00" when the driver names the instance
     count: int = 1                  # repeats folded into this event
     details: List[str] = field(default_factory=list)    # SXid continuation lines folded in
 
@@ -94,7 +99,7 @@ def parse_line(line: str, lineno: int = 0) -> Optional[XidEvent]:
     when, mono, seq = _timestamp(line)
     return XidEvent(kind=kind, xid=int(m.group("xid")), pci_bus_id=normalize_bus_id(m.group("bus")) or "",
                     message=rest.strip(), line=lineno, time=when, monotonic=mono, seq=seq,
-                    pid=pid, process=name or None, fatal=fatal)
+                    pid=pid, process=name or None, fatal=fatal, instance=m.group("instance"))
 
 
 _FOLLOWUP = ("Severity ", "Data {")
@@ -151,7 +156,9 @@ def scan(text: str, first_line: int = 1) -> List[XidEvent]:
         pos = end + 1
 
 
-_HEX = re.compile(r"0x[0-9a-fA-F]+|\b\d+\b")
+# numbers that tell repeats of one fault apart: decimal and hex ids (channel "Ch 0000000a") and
+# addresses as the driver prints them ("faulted @ 0x7f12_3456a000")
+_HEX = re.compile(r"0x[0-9a-fA-F_]+|\b(?=[0-9a-fA-F]*\d)[0-9a-fA-F]+\b")
 
 
 def _strip_ids(message: str) -> str:
@@ -208,7 +215,8 @@ def classify(ev: XidEvent, cond: Optional[Conditions] = None) -> Tuple[str, str,
 
 
 def recovery_action_severity(message: str) -> Optional[str]:
-    """Xid 154: the severity of the action the GPU now asks for ('... to 0x2 (Node Reboot Required)')."""
+    """Xid 154: the severity of the action the GPU now asks for ('... to 0x2 (Node Reboot Required)'):
+    by its text, else by its code."""
     from . import xid_catalog as cat
 
     low = message.lower()
@@ -216,7 +224,11 @@ def recovery_action_severity(message: str) -> Optional[str]:
     for text, severity in sorted(cat.RECOVERY_ACTIONS.items(), key=lambda kv: -len(kv[0])):
         if text in target:
             return severity
-    return None
+    code = _ACTION_CODE.match(target.strip())
+    return cat.RECOVERY_ACTION_CODES.get(int(code.group(1), 16)) if code else None
+
+
+_ACTION_CODE = re.compile(r"0x([0-9a-f]+)\b")
 
 
 def describe(events: List[XidEvent], cond: Optional[Conditions] = None) -> List[dict]:
@@ -227,7 +239,7 @@ def describe(events: List[XidEvent], cond: Optional[Conditions] = None) -> List[
         out.append({"kind": ev.kind, "xid": ev.xid, "pci_bus_id": ev.pci_bus_id, "severity": severity,
                     "resolution": resolution, "description": desc, "message": ev.message, "line": ev.line,
                     "time": ev.time, "monotonic": ev.monotonic, "seq": ev.seq, "pid": ev.pid,
-                    "process": ev.process, "fatal": ev.fatal, "details": ev.details})
+                    "process": ev.process, "fatal": ev.fatal, "instance": ev.instance, "details": ev.details})
     return out
 
 

@@ -218,6 +218,10 @@ XID = {
 # Xid 154 recovery actions (text in the message, lower-cased key) -> severity
 RECOVERY_ACTIONS = {"none": "MONITOR", "gpu reset required": "RESET", "node reboot required": "REBOOT",
                     "drain p2p": "RESET", "drain and reset": "RESET"}
+# ... and by the action's code ("to 0x1 (...)"), for a text not above (drivers also write "0x1 (PF FLR)"):
+# NVML's nvmlDeviceGpuRecoveryAction_t: 0 none, 1 GPU reset, 2 node reboot, 3 drain P2P, 4 drain and
+# reset, 5 GPU reset (bus)
+RECOVERY_ACTION_CODES = {0: "MONITOR", 1: "RESET", 2: "REBOOT", 3: "RESET", 4: "RESET", 5: "RESET"}
 
 # SXid -> (description, fatal: bool)
 #   Fatal flags of the SXids the Fabric Manager guide lists follow its sections: "Non-Fatal NVSwitch

@@ -41,7 +41,9 @@ def gpuhc(*args, env=None, timeout=60, input=None):
 
 # The real Slurm cluster (tests/slurm_cluster.py): fixtures `slurm_cluster` (session) and `slurm`
 # (reset per test); every test using them is marked `slurm`.
-from slurm_cluster import slurm, slurm_cluster  # noqa: E402,F401
+from slurm_cluster import slurm, slurm_cluster  # noqa: E402
+
+__all__ = ["slurm", "slurm_cluster"]        # fixtures pytest finds here (pyflakes: used)
 
 
 def pytest_collection_modifyitems(items):

@@ -2,7 +2,6 @@
 through (found by a review): PCIe/NVL boards taken for an NVSwitch system, IB storage ports counted
 as compute rails, lifetime ECC totals without per-location counts, counters compared across a
 reboot, and a threshold compared with >= where it says "above"."""
-import copy
 
 import pytest
 

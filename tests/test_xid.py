@@ -7,7 +7,6 @@ import pytest
 
 from gpuhc import xid as X
 from gpuhc import xid_catalog as cat
-from gpuhc.model import Severity
 
 from conftest import gpuhc
 
