@@ -215,6 +215,31 @@ XID = {
     172: ("Uncorrectable SRAM error (details added to Xid 48)", "UNSPECIFIED", "MONITOR", None),
 }
 
+# What gpuhc's tier asks of the operator, and NVIDIA's resolution buckets in plain words: the
+# "What to do" line of an Xid/SXid finding says both (gpuhc's tier can differ from the bucket on
+# purpose, as the module docstring says).
+TIER_ACTION = {"MONITOR": "recorded only; the node keeps running jobs",
+               "RESET": "drain, reset the GPU (gpuhc reset); passes return the node",
+               "REBOOT": "drain and reboot the node",
+               "ISOLATE": "take the GPU out of service and replace it (RMA)"}
+RESOLUTION_WORDS = {"RESTART_APP": "restart the application",
+                    "RESET_GPU": "reset the GPU",
+                    "RESTART_BM": "reboot the node",
+                    "RESTART_VM": "restart the VM",
+                    "CHECK_MECHANICALS": "check the board's power cables, seating and cooling",
+                    "CHECK_UVM": "check the application's unified-memory (UVM) use",
+                    "CONTACT_SUPPORT": "contact NVIDIA support if it recurs",
+                    "UPDATE_SWFW": "update the driver and firmware",
+                    "IGNORE": "no action",
+                    "MONITOR": "watch for recurrence",
+                    "RESET": "reset the GPU",
+                    "RESET_FABRIC": "reset the GPUs and NVSwitches (restart nvidia-fabricmanager)",
+                    "WORKFLOW_XID_45": "it follows another error: act on that one",
+                    "WORKFLOW_XID_48": "check row remapping (nvidia-smi -q -d ROW_REMAPPER); reset the GPU",
+                    "WORKFLOW_NVLINK_ERR": "check the link's error counters; reset the GPU",
+                    "WORKFLOW_NVLINK5_ERR": "check the link's error counters; reset the GPU",
+                    "XID_154": "the recovery action in the message decides"}
+
 # Xid 154 recovery actions (text in the message, lower-cased key) -> severity
 RECOVERY_ACTIONS = {"none": "MONITOR", "gpu reset required": "RESET", "node reboot required": "REBOOT",
                     "drain p2p": "RESET", "drain and reset": "RESET"}

@@ -164,3 +164,21 @@ def test_xid154_recovery_action_is_read_from_its_code_when_the_text_is_new():
     recs = X.merge([], X.parse(["NVRM: Xid (PCI:0000:0d:00): 51, BAD_TSG encountered on runlist: 0",
                                 "NVRM: Xid (PCI:0000:0d:00): 154, GPU recovery action changed from 0x0 (None) to 0x1 (PF FLR)"]))
     assert not any(r.get("reset") for r in recs)                    # a reset asked for is not a reset done
+
+
+def test_what_to_do_for_an_xid_is_in_plain_words():
+    """The 'What to do' line of an Xid finding said 'GPU has fallen off the bus (RESTART_BM)': the
+    on-call engineer needs the action gpuhc's tier asks for and NVIDIA's bucket in words, and what
+    the Xid means where the log line does not say it."""
+    from gpuhc import xid_catalog as cat
+    from gpuhc.checks.xid import remediation
+
+    assert remediation("REBOOT", "RESTART_BM", "GPU has fallen off the bus", "GPU has fallen off the bus.") == \
+        "drain and reboot the node; NVIDIA: reboot the node (RESTART_BM)"
+    assert remediation("MONITOR", "RESTART_APP", "Graphics Engine Exception", "Graphics Exception: ESR 0x4041b0=0x3f") \
+        .startswith("Graphics Engine Exception: recorded only")
+    assert remediation("RESET", "RESET_GPU, check the NVSwitch and fabric manager first", "NVLink error", "") == \
+        "drain, reset the GPU (gpuhc reset); passes return the node; NVIDIA: reset the GPU (RESET_GPU); " \
+        "check the NVSwitch and fabric manager first"
+    # every bucket the catalog uses has words, but the catalog's "no bucket"
+    assert {v[1] for v in cat.XID.values()} - set(cat.RESOLUTION_WORDS) == {"UNSPECIFIED"}

@@ -171,6 +171,19 @@ def _nvswitch_cause(events: List[X.XidEvent]) -> str:
     return "; %s at the same time points at the NVSwitch" % ", ".join(sorted(set(sxids))[:3]) if sxids else ""
 
 
+def remediation(severity: str, resolution: str, desc: str = "", message: str = "") -> str:
+    """'[what the Xid is: ]what gpuhc's tier asks; NVIDIA: the catalog's resolution in words
+    (BUCKET)'; the description leads where the log's message does not already say it."""
+    from .. import xid_catalog as cat
+
+    bucket, _, extra = resolution.partition(", ")
+    words = cat.RESOLUTION_WORDS.get(bucket)
+    nvidia = "; NVIDIA: %s (%s)" % (words, bucket) if words else ""
+    said = not message or desc.lower().rstrip(". ") in message.lower()
+    return ("" if said else desc + ": ") + cat.TIER_ACTION.get(severity, severity) + nvidia + \
+        ("; " + extra if extra else "")
+
+
 def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
     out: List[Finding] = []
     events = [X.event_from_record(rec) for rec in data["events"]]
@@ -200,7 +213,7 @@ def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
             metrics["before_job"] = 1
         out.append(Finding(NAME, Severity.parse(severity), text, gpu=ref,
                            device=None if ref is not None else ev.pci_bus_id,
-                           remediation="%s (%s)" % (desc, resolution), metrics=metrics))
+                           remediation=remediation(severity, resolution, desc, ev.message), metrics=metrics))
     if data.get("lost"):
         out.append(Finding(NAME, Severity.MONITOR, "%d kernel log records were overwritten before they could be read"
                            % data["lost"], remediation="enable persistent journald, or run gpuhc more often"))
