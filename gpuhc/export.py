@@ -106,16 +106,17 @@ def _add_report(fam: _Families, node: str, report: Report) -> None:
         fam.add("gpuhc_findings", "Findings in the node's newest report, by severity",
                 n + "," + _label("severity", sev.value), count)
     seen = set()                               # (family, labels): the most severe finding's value wins
+    xids: "OrderedDict[str, float]" = OrderedDict()
     for f in report.top_findings():
         if not f.metrics:
             continue
         labels = "%s,%s,%s" % (n, _label("gpu", str(f.gpu.index) if f.gpu else ""), _label("device", f.device or ""))
         if f.check == "xid" and isinstance(f.metrics.get("xid"), int):
-            # one sample per Xid number and GPU: several Xids on one GPU must not share a label set
-            fam.add("gpuhc_xid_events", "Active Xid/SXid events of the node's newest report, by GPU (device for "
-                    "an NVSwitch), Xid number and severity", "%s,%s,%s" % (labels, _label("xid", str(f.metrics["xid"])),
-                                                                        _label("severity", f.severity.value)),
-                    f.metrics.get("count", 1))
+            # one sample per Xid number and GPU: several Xids on one GPU must not share a label set, and
+            # the findings of one Xid with different texts (an Xid 13 burst) add up in one sample
+            key = "%s,%s,%s" % (labels, _label("xid", str(f.metrics["xid"])), _label("severity", f.severity.value))
+            count = f.metrics.get("count", 1)
+            xids[key] = xids.get(key, 0) + (count if isinstance(count, (int, float)) else 1)   # a bad count: one event
             continue
         for metric, value in sorted(f.metrics.items()):
             if isinstance(value, (int, float)):
@@ -124,6 +125,9 @@ def _add_report(fam: _Families, node: str, report: Report) -> None:
                     seen.add((name, labels))
                     fam.add(name, "Metric %r carried by the findings of check %r, newest report" % (metric, f.check),
                             labels, value)
+    for key, count in xids.items():
+        fam.add("gpuhc_xid_events", "Active Xid/SXid events of the node's newest report, by GPU (device for "
+                "an NVSwitch), Xid number and severity", key, count)
 
 
 def prometheus_text(reports: Dict[str, Report]) -> str:

@@ -42,7 +42,12 @@ def update(state_dir: str, name: str, change: Callable[[Any], Any]) -> bool:
     fd = -1
     try:
         os.makedirs(state_dir, mode=0o755, exist_ok=True)
-        fd = os.open(os.path.join(state_dir, "." + name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # 0600: whoever can open the lock can flock it and make every prolog wait LOCK_WAIT
+        fd = os.open(os.path.join(state_dir, "." + name + ".lock"),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        st = os.fstat(fd)
+        if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+            os.fchmod(fd, 0o600)       # a lock an earlier version left readable by all
         deadline = time.monotonic() + LOCK_WAIT
         while True:
             try:

@@ -238,6 +238,7 @@ DEFAULT_FORMAT = "%P  %t  %s  %.D  %N"
 NODE_FORMAT = "%N  %P  %t  %s  %L  %c  %j  %W  %R"
 REASON_FORMAT = "%R  %s  %.D  %N"
 _TOKEN = re.compile(r"%(\.)?(\d*)(.)|[^%]+|%$", re.S)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
@@ -307,7 +308,8 @@ def render(tokens: List[Any], rows: List[Row], group: bool, now: float, auto_wid
         if not isinstance(tok, _Field):
             parts.append([tok] * (lines + 1))
             continue
-        texts = [node_header if tok.letter == "N" else FIELDS[tok.letter][0]] + columns[tok.letter]
+        texts = [node_header if tok.letter == "N" else FIELDS[tok.letter][0]] + \
+            [_CONTROL.sub(" ", t) for t in columns[tok.letter]]     # one line per row, whatever a message holds
         width = tok.width
         if width is None and auto_width:
             width = max(map(len, texts))

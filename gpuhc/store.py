@@ -12,8 +12,8 @@ Writers: one per node file by design (a node writes its own results). A record i
 replaced (temporary file in the same directory, fsync, ``os.replace``) when the record is the
 newest. Compaction rewrites history to a temporary file and renames it, under the same lock, so it
 cannot lose an append. Directories are created 0755 and files 0644 (users read, only the writer,
-root on a cluster, writes); a node directory that resolves outside the root is refused and the
-files are opened with ``O_NOFOLLOW``.
+root on a cluster, writes), the lock 0600 (whoever can open it can flock it and hold every writer);
+a node directory that resolves outside the root is refused and the files are opened with ``O_NOFOLLOW``.
 
 A write to shared storage never holds the caller past ``timeouts.store``: it runs in a daemon
 thread; when that thread fails (read-only mount, EIO, EACCES) or does not finish in time, the record
@@ -46,6 +46,7 @@ log = logging.getLogger("gpuhc.store")
 
 DIR_MODE = 0o755
 FILE_MODE = 0o644
+LOCK_MODE = 0o600     # a user who can open the lock can flock it, and hold every writer of the node
 LATEST, SUMMARY, HISTORY, LOCK = "latest.json", "summary.json", "history.jsonl", ".lock"
 ACK = "ack.json"     # an operator's acknowledgement: findings seen before its time no longer drain
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
@@ -149,12 +150,12 @@ def _makedirs(path: str) -> None:
         _mkdir(path)
 
 
-def _open(path: str, flags: int) -> int:
-    fd = os.open(path, flags | _NOFOLLOW, FILE_MODE)
+def _open(path: str, flags: int, mode: int = FILE_MODE) -> int:
+    fd = os.open(path, flags | _NOFOLLOW, mode)
     if flags & os.O_CREAT:
         st = os.fstat(fd)
-        if st.st_mode & 0o7777 != FILE_MODE and st.st_uid == os.geteuid():
-            os.fchmod(fd, FILE_MODE)
+        if st.st_mode & 0o7777 != mode and st.st_uid == os.geteuid():
+            os.fchmod(fd, mode)
     return fd
 
 
@@ -258,7 +259,7 @@ class _Flock:
         self.path = path
 
     def __enter__(self) -> "_Flock":
-        self.fd = _open(self.path, os.O_RDWR | os.O_CREAT)
+        self.fd = _open(self.path, os.O_RDWR | os.O_CREAT, LOCK_MODE)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX)
         except BaseException:
@@ -340,6 +341,7 @@ class Store:
         path = os.path.join(self.nodes_dir, node)
         if create:
             _makedirs(self.nodes_dir)
+            self._inside(path)         # before mkdir: never a directory made through a link out of the root
             _mkdir(path)
         return self._inside(path)
 
@@ -409,7 +411,10 @@ class Store:
             # no summary to compare with: latest.json says whether this record is the newest
             newest = self._latest_file(directory)
             current = summarize(newest) if newest is not None else None
-        if current is None or report.started >= float(current["started_ts"]):
+        # the newest by start time; a newest from a clock that ran ahead (later than now on this
+        # node's clock, which wrote it) does not hold back every result after the clock was set right
+        if current is None or report.started >= float(current["started_ts"]) \
+                or float(current["started_ts"]) > time.time():
             atomic_write(os.path.join(directory, LATEST), line)
             current = summarize(report)
         current["history"] = history
@@ -484,7 +489,10 @@ class Store:
                 if not _contains(os.path.join(directory, HISTORY), data):
                     self._append_locked(directory, data, report)
                     written += 1
-            os.unlink(path)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:      # another run flushed it while this one waited for the lock
+                pass
         return written
 
     # ---- compaction ----
@@ -495,7 +503,7 @@ class Store:
         count, oldest = history.get("count"), history.get("oldest_ts")
         slack = max(1, self.max_records // 10)
         over_count = self.max_records > 0 and (count is None or count > self.max_records + slack)
-        over_age = self.max_age > 0 and oldest is not None and oldest < time.time() - self.max_age * 1.1
+        over_age = self.max_age > 0 and (oldest is None or oldest < time.time() - self.max_age * 1.1)
         if over_count or over_age:
             self._compact(node, time.time())
 

@@ -64,8 +64,9 @@ def test_record_writes_latest_summary_and_history_with_modes(tmp_path, run_scena
     assert summary["history"] == {"count": 1, "oldest_ts": rep.started}
     for d in (root, root / "nodes", root / "nodes" / "gpu-001"):
         assert stat.S_IMODE(os.stat(d).st_mode) == 0o755, d
-    for name in ("latest.json", "summary.json", "history.jsonl", ".lock"):
+    for name in ("latest.json", "summary.json", "history.jsonl"):
         assert stat.S_IMODE(os.stat(node_file(root, "gpu-001", name)).st_mode) == 0o644, name
+    assert stat.S_IMODE(os.stat(node_file(root, "gpu-001", ".lock")).st_mode) == 0o600   # users could hold it
     back = st.latest("gpu-001")
     assert back.overall is Severity.REBOOT and back.job_id == "4242" and len(back.findings) == len(rep.findings)
 
