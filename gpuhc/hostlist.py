@@ -91,12 +91,19 @@ def _size_at_most(hostlist: str) -> int:
 
 def expand(hostlist: str, what: str = "node list") -> List[str]:
     """Every name of a hostlist, in order; a one-line error naming the bad list."""
-    from ClusterShell.NodeSet import NodeSet, NodeSetException
+    from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetException
 
     size = _size_at_most(hostlist)
     if size > MAX_NAMES:
         raise GpuhcError("%s %r: %d names, more than the %d gpuhc takes" % (what, hostlist, size, MAX_NAMES))
     try:
-        return list(NodeSet(hostlist))
+        # never ClusterShell's node groups: resolving @name runs the group source's shell
+        # commands, with no time limit, and a Slurm hostlist has no groups
+        names = list(NodeSet(hostlist, resolver=RESOLVER_NOGROUP))
     except (NodeSetException, ValueError) as exc:
         raise GpuhcError("%s %r: not a valid hostlist: %s" % (what, hostlist, exc)) from None
+    groups = [n for n in names if n.startswith("@")]
+    if groups:
+        raise GpuhcError("%s %r: %s: node groups are not taken, give a Slurm hostlist (gpu-[001-064])"
+                         % (what, hostlist, groups[0]))
+    return names

@@ -234,3 +234,16 @@ def test_the_local_state_lock_is_for_the_writer_only(tmp_path):
     localstate.update(state, "xid", lambda old: {"n": (old or {}).get("n", 0) + 1})
     assert stat.S_IMODE(os.stat(lock).st_mode) == 0o600
     assert localstate.read(state, "xid") == {"n": 2}
+
+
+def test_a_node_group_is_refused_not_resolved():
+    """`gpuhc status -n @gpu` or `gpuhc resume @gpu`: ClusterShell would resolve the group through
+    its group source (shell commands, no time limit; with its example config a made-up list).
+    A Slurm hostlist has no groups: a one-line error instead."""
+    from gpuhc.errors import GpuhcError
+    from gpuhc.hostlist import expand
+
+    assert expand("gpu-[001-003],login1") == ["gpu-001", "gpu-002", "gpu-003", "login1"]
+    for bad in ("@gpu", "gpu-001,@all"):
+        with pytest.raises(GpuhcError, match="node groups are not taken"):
+            expand(bad, "--nodes")
