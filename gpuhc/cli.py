@@ -254,8 +254,11 @@ def show(ctx: click.Context, node: str, as_json: bool) -> None:
     from .actions import slurm_view
     from .status import show_text
 
+    from .store import check_node_name
+
     cfg = load_config(ctx)
-    view = slurm_view(cfg, [node]) if node.strip() else None
+    check_node_name(node)             # a bad name is an error before Slurm is asked about it
+    view = slurm_view(cfg, [node])
     click.echo(show_text(cfg, node, as_json=as_json, slurm=(view or {}).get(node)))
 
 

@@ -445,7 +445,7 @@ def history_text(cfg: Dict[str, Any], node: str, since: Optional[str] = None, ch
     from .output import table
 
     now = time.time() if now is None else now
-    cutoff = now - parse_duration(since) if since else None
+    cutoff = now - parse_duration(since) if since is not None else None
     if check is not None and check not in checks.names():
         raise GpuhcError("--check: unknown check %r (known: %s)" % (check, ", ".join(checks.names())))
     store = Store.from_config(cfg)

@@ -165,3 +165,12 @@ def test_slurm_contexts_and_ack_print_json(tmp_path):
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == {"node": "gpu-007", "acknowledged": 1, "xid": None, "pci_bus_id": None}
+
+
+def test_show_and_history_refuse_bad_arguments_before_doing_anything(tmp_path):
+    """`gpuhc history NODE --since ""` (an unset shell variable) showed the whole history as if no
+    --since was given; `gpuhc show '../x'` asked Slurm about the name before refusing it."""
+    res = gpuhc("history", "gpu-001", "--since", "", env=isolated(tmp_path))
+    assert res.returncode == 2 and "--since ''" in res.stderr
+    res = gpuhc("show", "../x", env=isolated(tmp_path, "slurm: {backend: cli}\n"))
+    assert res.returncode == 2 and "invalid node name" in res.stderr and len(res.stderr.splitlines()) == 1
