@@ -14,16 +14,19 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import config as C
-from . import policy, session
+from . import policy, session, syslogging
 from .backends.slurm import JobView, NodeView, Slurm, SlurmError
 from .backends.slurm_cli import SlurmCli
+from .bounded import call_within
 from .model import Report, Severity
 
 PROLOG, EPILOG, HEALTHCHECK = "prolog", "epilog", "healthcheck"
 
 
 def log(line: str) -> None:
+    """A warning of the Slurm side (a drain that failed, Slurm not answering): stderr and syslog."""
     print("gpuhc: %s" % line, file=sys.stderr)
+    syslogging.send(["gpuhc: %s" % line], "LOG_WARNING")
 
 
 def slurm_backend(cfg: Dict[str, Any], deadline: Optional[float] = None) -> Optional[Slurm]:
@@ -177,16 +180,20 @@ def _act(slurm: Slurm, node: str, action: policy.Action, view: Optional[NodeView
     return action
 
 
-def kill_leftovers(ctx: Any, job_uid: Optional[int] = None) -> List[Any]:
+def kill_leftovers(ctx: Any, job_uid: Optional[int] = None, deadline: Optional[float] = None) -> List[Any]:
     """The epilog's optional clean-up: SIGKILL the compute processes still on the job's GPUs after
     the job. Where the job's GPUs are not known (no SLURM_JOB_GPUS: a CPU-only job on a shared node,
     or GPUs not set up as a GRES), only processes of the job's user (SLURM_JOB_UID, never root) are
     leftovers: another job's training must not die with it. A finding says what was killed; a
-    simulated node's processes are only reported."""
+    simulated node's processes are only reported. Each GPU is asked as a check asks it: within the
+    processes check's timeout and before ``deadline``; a call that does not return is the check's
+    REBOOT finding (a process stuck on a hung GPU is what is left after such a job)."""
     import signal
 
     from .backends.gpu import GpuError
+    from .bounded import Overtime
     from .model import Finding
+    from .runner import hang_finding
 
     if ctx.gpu_unavailable() or ctx.gpu.kind == "sim":
         return []
@@ -194,8 +201,17 @@ def kill_leftovers(ctx: Any, job_uid: Optional[int] = None) -> List[Any]:
     for ref in ctx.healthy_gpus():
         if not ctx.job_owns(ref.index):       # another job's GPU on a shared node
             continue
+        wait = C.check_timeout(ctx.config, "processes")
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+            if wait <= 0:
+                log("warning: leftover processes not looked for: the epilog's time for checks is used up")
+                break
         try:
-            procs = ctx.gpu.processes(ref.index)
+            procs = call_within(lambda index=ref.index: ctx.gpu.processes(index), wait, "gpuhc-check")
+        except Overtime:
+            out.append(hang_finding(ctx, "processes", wait))
+            break
         except GpuError:
             continue
         killed = []
@@ -318,13 +334,15 @@ def run_context(cfg: Dict[str, Any], context: str, node: Optional[str] = None, s
     finding on stdout (``echo``) and in syslog."""
     env = dict(os.environ if env is None else env)
     deadline = time.monotonic() + C.budget(cfg, context)     # checks, Slurm and the store together
+    syslogging.until(deadline)
     slurm = slurm_backend(cfg, deadline)
     suite = suite_for(cfg, context, env, slurm)
     report, _, ctx = session.run(cfg, context, suite=suite, node=node, simulate=simulate,
                                  job_id=env.get("SLURM_JOB_ID"), job_gpus=job_gpus(env), deadline=deadline)
     if context == EPILOG and cfg["epilog"]["kill_leftover_processes"]:
         uid = env.get("SLURM_JOB_UID", "")
-        report.findings.extend(kill_leftovers(ctx, int(uid) if uid.isdigit() else None))
+        keep = C.budget(cfg, context) - C.checks_budget(cfg, context)     # for Slurm and the store
+        report.findings.extend(kill_leftovers(ctx, int(uid) if uid.isdigit() else None, deadline - keep))
     action = decide_and_act(cfg, report, slurm, deadline, owns=lambda f: job_owns(ctx, f))
     if action.kind != policy.NONE:
         report.action = action.kind
@@ -341,16 +359,8 @@ def run_context(cfg: Dict[str, Any], context: str, node: Optional[str] = None, s
 
 
 def to_syslog(lines: List[str], overall: Severity) -> None:
-    """Slurm discards a prolog's output: the lines also go to syslog (daemon facility)."""
-    try:
-        import syslog
-
-        syslog.openlog("gpuhc", 0, syslog.LOG_DAEMON)
-        prio = syslog.LOG_WARNING if overall.unhealthy else syslog.LOG_INFO
-        for line in lines:
-            syslog.syslog(prio, line)
-    except Exception:
-        pass
+    """Slurm discards a prolog's output: the lines also go to syslog (bounded: see syslogging)."""
+    syslogging.send(lines, "LOG_WARNING" if overall.unhealthy else "LOG_INFO")
 
 
 def finding_lines(report: Report, action: policy.Action) -> List[str]:

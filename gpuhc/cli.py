@@ -15,6 +15,7 @@ from .errors import GpuhcError
 from .model import EXIT_UNKNOWN, EXIT_USAGE
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+NODE_HELP = "Slurm's name for this node (default $SLURMD_NODENAME, else the short hostname)."
 
 
 def _state(ctx: click.Context) -> Dict[str, Any]:
@@ -47,20 +48,26 @@ def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False))
 
 
+def error_line(exc: Exception, who: str = "gpuhc") -> str:
+    """The one line an error prints: a usage or configuration error, else an internal error."""
+    if isinstance(exc, GpuhcError):
+        return "%s: error: %s" % (who, exc)
+    return "%s: internal error: %s: %s (GPUHC_DEBUG=1 shows the traceback)" % (who, type(exc).__name__, exc)
+
+
 class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except GpuhcError as exc:
-            click.echo("gpuhc: error: %s" % exc, err=True)
+            click.echo(error_line(exc), err=True)
             ctx.exit(EXIT_USAGE)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:
             if os.environ.get("GPUHC_DEBUG"):
                 raise
-            click.echo("gpuhc: internal error: %s: %s (GPUHC_DEBUG=1 shows the traceback)"
-                       % (type(exc).__name__, exc), err=True)
+            click.echo(error_line(exc), err=True)
             ctx.exit(EXIT_UNKNOWN)
 
 
@@ -77,6 +84,21 @@ class _LogFormat(logging.Formatter):
         return "gpuhc: %s: %s" % (record.levelname.lower(), record.getMessage())
 
 
+class _SyslogHandler(logging.Handler):
+    """In a Slurm context the library's warnings (a result spooled, a corrupt record skipped) go
+    to syslog as well: slurmd discards a prolog's stderr."""
+
+    def __init__(self, context: str) -> None:
+        super().__init__(logging.WARNING)
+        self.context = context
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from . import syslogging
+
+        syslogging.send(["gpuhc %s: %s: %s" % (self.context, record.levelname.lower(), record.getMessage())],
+                        "LOG_WARNING")
+
+
 def _log_to_stderr() -> None:
     """Warnings of the library (a corrupt record skipped, a result spooled) as one stderr line each."""
     logger = logging.getLogger("gpuhc")
@@ -91,7 +113,7 @@ def _log_to_stderr() -> None:
 @common_options
 @click.option("--suite", metavar="NAME", help="Suite of checks from config (prolog, epilog, lightweight, intensive...).")
 @click.option("--check", "checks", metavar="NAME", multiple=True, help="Run only this check (repeatable).")
-@click.option("--node", metavar="NAME", help="Node name (default $SLURMD_NODENAME).")
+@click.option("--node", metavar="NAME", help=NODE_HELP)
 @click.option("--context", "context_name", default="check", hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show every finding, passes included.")
@@ -103,6 +125,10 @@ def check(ctx: click.Context, suite: Optional[str], checks: List[str], node: Opt
     """Run health checks on this node and print the findings."""
     from . import output, session, store
 
+    if suite and checks:
+        # --check runs only the named checks: the report would carry the suite's name (which
+        # resume weighs by suite_depth) for checks that suite did not run
+        raise GpuhcError("--suite %s and --check: give one (--check runs only the named checks)" % suite)
     cfg = load_config(ctx)
     report, detection, run_ctx = session.run(cfg, context_name, suite=suite, checks=checks, node=node,
                                              simulate=_state(ctx).get("simulate"))
@@ -127,7 +153,8 @@ def check(ctx: click.Context, suite: Optional[str], checks: List[str], node: Opt
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of names and descriptions.")
 def scenarios(as_json: bool) -> None:
     """List the bundled simulated nodes."""
     from . import scenario
@@ -142,7 +169,7 @@ def scenarios(as_json: bool) -> None:
 
 @main.command()
 @common_options
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of the profiles with every key they set.")
 @click.pass_context
 def profiles(ctx: click.Context, as_json: bool) -> None:
     """List the instance profiles in effect."""
@@ -159,15 +186,20 @@ def profiles(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command()
+@common_options
 @click.argument("source", default="-", metavar="[FILE|-]")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of events.")
 @click.option("--gpu-name", default="", metavar="NAME", help="GPU model for the catalog's conditional rules (e.g. A100).")
-@click.option("--strict", is_flag=True, help="Strict mode of the catalog (Xid 165 ISOLATE).")
-def xid(source: str, as_json: bool, gpu_name: str, strict: bool) -> None:
-    """Every Xid/SXid event in a saved kernel log (dmesg, journalctl, syslog), classified."""
+@click.option("--strict", is_flag=True, help="Strict mode of the catalog (Xid 165 ISOLATE); also on where config sets "
+              "xid.strict.")
+@click.pass_context
+def xid(ctx: click.Context, source: str, as_json: bool, gpu_name: str, strict: bool) -> None:
+    """Every Xid/SXid event in a saved kernel log (dmesg, journalctl, syslog), classified as the xid
+    check classifies it (config's xid.overrides and xid.sxid_overrides included)."""
     from . import xid as X
     from .output import table
 
+    cond = X.Conditions.from_config(load_config(ctx)["xid"], gpu_name=gpu_name, strict=strict)
     if source == "-":
         data = sys.stdin.buffer.read()
     else:
@@ -177,7 +209,7 @@ def xid(source: str, as_json: bool, gpu_name: str, strict: bool) -> None:
         except OSError as exc:
             raise GpuhcError("%s: cannot read: %s" % (source, exc.strerror or exc)) from None
     # lines are counted as the check counts them (newlines only), so `line` is what grep -n says
-    events = X.describe(X.scan(data.decode("utf-8", "replace")), X.Conditions(gpu_name=gpu_name, strict=strict))
+    events = X.describe(X.scan(data.decode("utf-8", "replace")), cond)
     if as_json:
         emit_json(events)
         return
@@ -188,10 +220,10 @@ def xid(source: str, as_json: bool, gpu_name: str, strict: bool) -> None:
 
 @main.command()
 @common_options
-@click.option("--node", metavar="NAME", help="Node name (default $SLURMD_NODENAME).")
+@click.option("--node", metavar="NAME", help=NODE_HELP)
 @click.option("--xid", "xid_number", type=int, metavar="N", help="Only this Xid number.")
 @click.option("--gpu", "pci_bus_id", metavar="BUS_ID", help="Only this GPU (PCI bus id, e.g. 0000:5d:00.0).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print node, count acknowledged, xid and pci_bus_id as JSON.")
 @click.pass_context
 def ack(ctx: click.Context, node: Optional[str], xid_number: Optional[int], pci_bus_id: Optional[str],
         as_json: bool) -> None:
@@ -277,6 +309,7 @@ def history(ctx: click.Context, node: str, since: Optional[str], check: Optional
 
 
 @main.group(cls=Group)
+@common_options
 def export() -> None:
     """Export the store's results to other systems."""
 
@@ -300,7 +333,7 @@ def prometheus(ctx: click.Context, output: Optional[str], nodelist: Optional[str
 
 
 def _context_command(context: str, doc: str):
-    @click.option("--node", metavar="NAME", help="Node name (default $SLURMD_NODENAME).")
+    @click.option("--node", metavar="NAME", help=NODE_HELP)
     @click.option("--json", "as_json", is_flag=True,
                   help="Print the report and what was done as JSON instead of one line per finding.")
     @common_options
@@ -308,8 +341,17 @@ def _context_command(context: str, doc: str):
     def command(ctx: click.Context, node: Optional[str], as_json: bool) -> None:
         from . import actions
 
-        outcome = actions.run_context(load_config(ctx), context, node=node, simulate=_state(ctx).get("simulate"),
-                                      echo=not as_json)
+        logging.getLogger("gpuhc").addHandler(_SyslogHandler(context))
+        try:
+            outcome = actions.run_context(load_config(ctx), context, node=node, simulate=_state(ctx).get("simulate"),
+                                          echo=not as_json)
+        except Exception as exc:
+            # slurmd discards the output: without this line a misconfigured node drains with
+            # Slurm's "Prolog error" and nothing on it says why (stderr gets the line from Group)
+            from . import syslogging
+
+            syslogging.send([error_line(exc, "gpuhc %s" % context)], "LOG_ERR")
+            raise
         if as_json:
             emit_json(dict(outcome.report.to_dict(), action=outcome.action.to_dict(), exit_code=outcome.exit_code))
         sys.stdout.flush()
@@ -326,18 +368,20 @@ _context_command("healthcheck", "Slurm HealthCheckProgram: non-invasive checks; 
 
 @main.command()
 @common_options
-@click.option("--node", metavar="NAME", help="Node name (default $SLURMD_NODENAME).")
+@click.option("--node", metavar="NAME", help=NODE_HELP)
 @click.option("--gpu", "gpus", multiple=True, metavar="INDEX|BUS_ID",
               help="A GPU to reset (repeatable). Default: the GPUs with an active RESET-tier Xid (what a reset resolves).")
 @click.option("--all", "every", is_flag=True, help="Every GPU NVML lists.")
 @click.option("--force", is_flag=True, help="Reset even while Slurm shows jobs on the node, or cannot say.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list: gpu, pci_bus_id, result, detail.")
 @click.pass_context
 def reset(ctx: click.Context, node: Optional[str], gpus: List[str], every: bool, force: bool, as_json: bool) -> None:
     """Reset GPUs (nvidia-smi --gpu-reset) on a node without jobs; the Xids a reset resolves stop counting."""
     from . import reset as R
     from .output import table
 
+    if every and gpus:
+        raise GpuhcError("--all and --gpu %s: give one (--all resets every GPU)" % " --gpu ".join(gpus))
     rows = R.reset(load_config(ctx), node=node, simulate=_state(ctx).get("simulate"), wanted=gpus,
                    every=every, force=force)
     if as_json:
@@ -351,7 +395,7 @@ def reset(ctx: click.Context, node: Optional[str], gpus: List[str], every: bool,
 @common_options
 @click.argument("nodelist")
 @click.option("--force", is_flag=True, help="Resume any gpuhc drain now and acknowledge the findings that caused it.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list: node, result, why.")
 @click.pass_context
 def resume(ctx: click.Context, nodelist: str, force: bool, as_json: bool) -> None:
     """Resume nodes gpuhc drained: on enough passes, or now with --force. Other drains are refused."""

@@ -13,7 +13,7 @@ from .checks import CHECKS
 from .errors import ConfigError
 from .schema import MapOf, OneOf
 from .schema import validate as check_shape
-from .yamlio import parse_yaml, read_text
+from .yamlio import decode, parse_yaml, read_bytes
 
 DEFAULT_PATH = "/etc/gpuhc/config.yaml"
 
@@ -239,11 +239,12 @@ def load(path: Optional[str] = None) -> Dict[str, Any]:
     """The effective configuration. An explicitly named file must exist; the default may not."""
     explicit = path or os.environ.get("GPUHC_CONFIG")
     path = explicit or DEFAULT_PATH
-    if not explicit and not os.path.lexists(path):
+    raw = read_bytes(path, ConfigError, missing_ok=True)     # bounded: /etc/gpuhc may be a shared mount
+    if raw is None and not explicit:
         return defaults()
-    if explicit and not os.path.lexists(path):
+    if raw is None:
         raise ConfigError("%s: config file not found" % path)
-    data = parse_yaml(read_text(path, ConfigError), path, ConfigError)
+    data = parse_yaml(decode(raw, path, ConfigError), path, ConfigError)
     cfg = validate(data, path)
     cfg["_path"] = path
     return cfg

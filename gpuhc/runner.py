@@ -38,6 +38,22 @@ def validate_names(names: Sequence[str], where: str) -> List[str]:
     return list(names)
 
 
+def hang_finding(ctx: Context, name: str, timeout: float) -> Finding:
+    """What a call of check ``name`` that ran out of time means: a REBOOT finding naming the GPU
+    call it was stuck in (the GPU library is then marked hung), else an ERROR."""
+    hung = ctx.gpu.mark_hung()
+    if hung is not None:
+        call, gpu, _ = hung
+        ref = GpuRef(gpu) if gpu is not None else None
+        inv = ctx.inventory
+        if inv is not None and gpu is not None:
+            ref = next((r for r in inv.gpus if r.index == gpu), ref)
+        return Finding(name, Severity.REBOOT, "GPU library call %s%s did not return within %gs"
+                       % (call, "" if gpu is None else " on GPU %d" % gpu, timeout), gpu=ref,
+                       remediation="drain and reboot the node: the GPU or its driver is hung")
+    return Finding(name, Severity.ERROR, "check did not finish within %gs" % timeout)
+
+
 class Runner:
     def __init__(self, ctx: Context, detect: Callable[[Context], P.Detection]):
         self.ctx = ctx
@@ -46,17 +62,7 @@ class Runner:
         self.new_state: dict = {}
 
     def _hang_finding(self, name: str, timeout: float) -> Finding:
-        hung = self.ctx.gpu.mark_hung()
-        if hung is not None:
-            call, gpu, _ = hung
-            ref = GpuRef(gpu) if gpu is not None else None
-            inv = self.ctx.inventory
-            if inv is not None and gpu is not None:
-                ref = next((r for r in inv.gpus if r.index == gpu), ref)
-            return Finding(name, Severity.REBOOT, "GPU library call %s%s did not return within %gs"
-                           % (call, "" if gpu is None else " on GPU %d" % gpu, timeout), gpu=ref,
-                           remediation="drain and reboot the node: the GPU or its driver is hung")
-        return Finding(name, Severity.ERROR, "check did not finish within %gs" % timeout)
+        return hang_finding(self.ctx, name, timeout)
 
     def run_check(self, name: str, deadline: float) -> Tuple[List[Finding], Any]:
         module = catalogue.load(name)

@@ -12,7 +12,7 @@ import calendar
 import re
 import time as _time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .backends.gpu import normalize_bus_id
 
@@ -177,6 +177,14 @@ class Conditions:
     strict: bool = False
     overrides: Dict[int, str] = field(default_factory=dict)       # xid -> severity name
     sxid_overrides: Dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, xcfg: Dict[str, Any], **known: Any) -> "Conditions":
+        """From config's ``xid:`` section (strict, overrides, sxid_overrides) and what is known of
+        the node (gpu_name, mig_by_bus, uvm_in_use); ``strict=True`` in ``known`` forces strict."""
+        strict = bool(known.pop("strict", False)) or bool(xcfg.get("strict"))
+        return cls(strict=strict, overrides={int(k): v for k, v in (xcfg.get("overrides") or {}).items()},
+                   sxid_overrides={int(k): v for k, v in (xcfg.get("sxid_overrides") or {}).items()}, **known)
 
 
 def classify(ev: XidEvent, cond: Optional[Conditions] = None) -> Tuple[str, str, str]:

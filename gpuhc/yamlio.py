@@ -1,9 +1,12 @@
 """YAML parsing with one-line errors naming file and line: text that is not UTF-8 and a key given
-twice in one mapping (YAML keeps the last silently) are errors too."""
+twice in one mapping (YAML keeps the last silently) are errors too; and the reading of config,
+profiles and scenario files, within READ_WAIT seconds."""
 from __future__ import annotations
 
-from typing import Any, Type
+import os
+from typing import Any, Optional, Type
 
+from .bounded import Overtime, call_within
 from .errors import GpuhcError
 
 _LOADER: Any = None
@@ -67,13 +70,29 @@ def decode(data: bytes, path: str, error: Type[GpuhcError]) -> str:
         raise error("%s:%d: not UTF-8 text (byte 0x%02x)" % (path, line, data[exc.start])) from None
 
 
-def read_text(path: str, error: Type[GpuhcError]) -> str:
-    try:
+# A config, profiles or scenario file not read in this time (the default prolog budget) is on a
+# hung mount: an error naming it, instead of a prolog that hangs before its budget even starts.
+READ_WAIT = 8.0
+
+
+def read_bytes(path: str, error: Type[GpuhcError], missing_ok: bool = False) -> Optional[bytes]:
+    """The file's bytes (None when ``missing_ok`` and nothing is at ``path``), within READ_WAIT seconds."""
+    def read() -> Optional[bytes]:
+        if missing_ok and not os.path.lexists(path):
+            return None
         with open(path, "rb") as fh:
-            data = fh.read()
+            return fh.read()
+
+    try:
+        return call_within(read, READ_WAIT, "gpuhc-read")
+    except Overtime:
+        raise error("%s: cannot read: no answer within %g s (a hung mount?)" % (path, READ_WAIT)) from None
     except OSError as exc:
         raise error("%s: cannot read: %s" % (path, exc.strerror or exc)) from None
-    return decode(data, path, error)
+
+
+def read_text(path: str, error: Type[GpuhcError]) -> str:
+    return decode(read_bytes(path, error), path, error)
 
 
 def read_yaml(path: str, error: Type[GpuhcError]) -> Any:

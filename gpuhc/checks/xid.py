@@ -108,11 +108,9 @@ def gather(ctx: Context) -> Dict[str, Any]:
         "job": (str(ctx.job_id), job_since) if job_since is not None else None,
         "lost": state["lost"],
         "gpus": gpus,
-        "conditions": X.Conditions(gpu_name=(inv.model or "") if inv else "", strict=bool(xcfg.get("strict")),
-                                   mig_by_bus=_mig_modes(ctx, events, gpus),
-                                   uvm_in_use=_uvm_in_use(ctx) if any(e["xid"] == 159 for e in events) else None,
-                                   overrides={int(k): v for k, v in (xcfg.get("overrides") or {}).items()},
-                                   sxid_overrides={int(k): v for k, v in (xcfg.get("sxid_overrides") or {}).items()}),
+        "conditions": X.Conditions.from_config(
+            xcfg, gpu_name=(inv.model or "") if inv else "", mig_by_bus=_mig_modes(ctx, events, gpus),
+            uvm_in_use=_uvm_in_use(ctx) if any(e["xid"] == 159 for e in events) else None),
     }
 
 
