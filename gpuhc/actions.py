@@ -265,6 +265,9 @@ def decide_and_act(cfg: Dict[str, Any], report: Report, slurm: Optional[Slurm],
             log("warning: breaker cannot count drains: %s" % exc)
             return policy.Action(policy.SKIP, policy.drain_reason(report, owns), "breaker state unknown: %s" % exc)
     action = policy.decide(report, view, cfg, nodes, owns)
+    if slurm is None and action.kind == policy.SKIP:
+        action = policy.Action(policy.SKIP, action.reason,
+                               "no Slurm to act through (slurm.backend: none, or Slurm not configured on this host)")
     if slurm is not None and action.kind in (policy.DRAIN, policy.COMMENT):
         action = _act(slurm, report.node, action)
         if action.kind == policy.DRAIN and nodes is not None:

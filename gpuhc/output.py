@@ -49,10 +49,11 @@ def report_text(report: Report, detection: Any, show_all: bool = False) -> str:
 
 def remedies(findings: List[Finding]) -> List[str]:
     """'SEVERITY check WHERE: remediation' for the findings that ask for something (MONITOR and
-    worse), most severe first; one line per distinct remediation of a check, GPUs gathered."""
+    worse, and a checker ERROR: what to fix so the check can run), most severe first; one line per
+    distinct remediation of a check, GPUs gathered."""
     out: "OrderedDict[tuple, List[str]]" = OrderedDict()
     for f in findings:
-        if f.remediation and f.severity.is_tier and f.severity is not Severity.PASS:
+        if f.remediation and f.severity not in (Severity.PASS, Severity.SKIP):
             out.setdefault((f.severity.value, f.check, f.remediation), []).append(f.where())
     return ["%s %s%s: %s" % (sev, check, " " + ",".join(w for w in where if w) if any(where) else "", text)
             for (sev, check, text), where in out.items()]

@@ -52,7 +52,10 @@ class Profile:
 
 
 def _int(v: str) -> int:
-    n = int(v)
+    try:
+        n = int(v)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
     if n < 0:
         raise ValueError("must not be negative")
     if n > 1 << 31:
@@ -61,7 +64,10 @@ def _int(v: str) -> int:
 
 
 def _float(v: str) -> float:
-    x = float(v)
+    try:
+        x = float(v)
+    except ValueError:
+        raise ValueError("expected a number") from None
     if not math.isfinite(x):
         raise ValueError("expected a finite number")
     if x < 0:

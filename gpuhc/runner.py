@@ -48,10 +48,10 @@ def hang_finding(ctx: Context, name: str, timeout: float) -> Finding:
         inv = ctx.inventory
         if inv is not None and gpu is not None:
             ref = next((r for r in inv.gpus if r.index == gpu), ref)
-        return Finding(name, Severity.REBOOT, "GPU library call %s%s did not return within %gs"
+        return Finding(name, Severity.REBOOT, "GPU library call %s%s did not return within %.3gs"
                        % (call, "" if gpu is None else " on GPU %d" % gpu, timeout), gpu=ref,
                        remediation="drain and reboot the node: the GPU or its driver is hung")
-    return Finding(name, Severity.ERROR, "check did not finish within %gs" % timeout)
+    return Finding(name, Severity.ERROR, "check did not finish within %.3gs" % timeout)
 
 
 class Runner:

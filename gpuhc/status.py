@@ -254,6 +254,8 @@ MAX_WIDTH = 1000       # a field wider than a screen many times over is a typo
 def parse_format(fmt: str) -> List[Any]:
     """Literal strings and _Field items; a one-line error naming the bad specifier and its place."""
     out: List[Any] = []
+    if not fmt.strip():
+        raise GpuhcError("-o %r: empty format (fields like %%N %%t %%s)" % fmt)
     for m in _TOKEN.finditer(fmt):
         text = m.group(0)
         if not text.startswith("%"):
@@ -338,7 +340,7 @@ def status_text(cfg: Dict[str, Any], per_node: bool = False, reasons: bool = Fal
     wanted_states = parse_states(states)
     wanted_nodes = expand(nodelist, "-n") if nodelist else None
     wanted_parts = [p.strip() for p in partitions.split(",") if p.strip()] if partitions else None
-    tokens = parse_format(fmt) if fmt else None
+    tokens = parse_format(fmt) if fmt is not None else None
     store = Store.from_config(cfg)
     summaries = store.summaries()
     statuses = collect(summaries, slurm, now, float(cfg["status"]["stale_after"]))

@@ -267,7 +267,7 @@ def test_levels_3_and_4_only_on_an_exclusive_node_without_mig(context_name, conf
     out = check.evaluate(data, None, C.defaults())
     if refused:
         assert host.ran == [] and verdicts(out) == [("ERROR", "dcgm")]      # nothing ran at all
-        assert refused in out[0].message and "quarantine" in out[0].remediation
+        assert refused in out[0].message and "lower dcgm.level" in out[0].remediation and ("MIG" in refused) == ("mig 0" in out[0].remediation)
     else:
         assert verdicts(out) == []
 

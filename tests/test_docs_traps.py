@@ -150,3 +150,35 @@ def test_node_help_names_the_hostname_fallback():
     hostname (by which `gpuhc check` records a run by hand), which the help did not say."""
     helps = {p.help for _, p in _options(cli.main) if p.name == "node"}
     assert helps == {"Slurm's name for this node (default $SLURMD_NODENAME, else the short hostname)."}
+
+
+def test_small_wording_traps_of_the_review(tmp_path):
+    """What the docs review reported in files it could not touch: with slurm.backend: none the
+    prolog said 'node state could not be read from Slurm' (it was never asked); a DCGM refusal
+    pointed at sbatch/quarantine.sbatch, which does not exist; a profile value that is not a number
+    showed Python's wording; `status -o ''` silently used the default format."""
+    env = dict(isolated(tmp_path), SLURMD_NODENAME="gpu-001")
+    res = gpuhc("prolog", "--simulate", "h100-xid79", "--json", env=env)
+    assert "no Slurm to act through" in json.loads(res.stdout)["action"]["why"]
+    res = gpuhc("check", "--simulate", "h100-dcgm-fail", "--check", "dcgm", "--no-record",
+                env=isolated(tmp_path, "dcgm: {level: 3}\n"))
+    assert "quarantine.sbatch" not in res.stdout and "dcgm.exclusive: true" in res.stdout, res.stdout
+    profiles = tmp_path / "p.conf"
+    profiles.write_text('x gpus=eight model="H100"\n')
+    res = gpuhc("profiles", env=isolated(tmp_path, "profiles: %s\n" % profiles))
+    assert res.returncode == 2 and res.stderr.strip() == "gpuhc: error: %s:1: gpus='eight': expected a whole number" % profiles
+    gpuhc("check", "--simulate", "h100-healthy", "--node", "gpu-001", env=isolated(tmp_path))
+    res = gpuhc("status", "-o", "", env=isolated(tmp_path))
+    assert res.returncode == 2 and "empty format" in res.stderr
+
+
+def test_what_to_do_names_the_fix_for_a_checker_error(tmp_path):
+    """A check that could not run (ERROR) carries what to fix so it can (install DCGM, load a
+    module); the 'What to do' list left ERROR findings out, so the hint was only in --json."""
+    from gpuhc.model import Finding, Severity
+    from gpuhc.output import remedies
+
+    lines = remedies([Finding("dcgm", Severity.ERROR, "dcgmi not found", remediation="install datacenter-gpu-manager"),
+                      Finding("ecc", Severity.PASS, "ok", remediation="nothing"),
+                      Finding("fabric", Severity.SKIP, "no NVSwitch", remediation="nothing")])
+    assert lines == ["ERROR dcgm: install datacenter-gpu-manager"]

@@ -40,8 +40,8 @@ def refusal(level: int, context: str, exclusive: bool, mig_gpus: Sequence[int]) 
     if level < 3:
         return None
     if not exclusive and context not in EXCLUSIVE_CONTEXTS:
-        return ("level %d needs the node exclusive and this is a %s run (levels 3/4 run in quarantine or "
-                "sweep, or where dcgm.exclusive is set)" % (level, context))
+        return ("level %d needs the node exclusive and this is a %s run (levels 3/4 run only where "
+                "dcgm.exclusive is set: a node no job shares)" % (level, context))
     if mig_gpus:
         return "level %d cannot run with MIG enabled (GPU %s)" % (level, ",".join(map(str, mig_gpus)))
     return None
@@ -93,8 +93,11 @@ def _not_run(data: Dict[str, Any]) -> Optional[List[Finding]]:
     if level not in (1, 2, 3, 4):
         return _error("dcgm level %r is not a DCGM run level (1-4)" % level, "set dcgm.level to 1, 2, 3 or 4")
     if data.get("refused"):
-        return _error("dcgmi diag -r %d refused: %s" % (level, data["refused"]),
-                      "submit sbatch/quarantine.sbatch for a deep diagnostic, or lower dcgm.level for this context")
+        hint = ("turn MIG off on the drained node (nvidia-smi -mig 0, then a GPU reset), or lower dcgm.level"
+                if "MIG" in data["refused"] else
+                "run it in a job that has the node to itself (sbatch --exclusive, or in a MAINT reservation) "
+                "with a config that sets dcgm.exclusive: true, or lower dcgm.level")
+        return _error("dcgmi diag -r %d refused: %s" % (level, data["refused"]), hint)
     probe = data.get("discovery") or {}
     if probe.get("rc") == 127:
         if data.get("required"):
