@@ -1,6 +1,7 @@
 """instance-profiles.conf: per instance type / node class expectations, and profile detection."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -182,6 +183,23 @@ def match_gpus(profiles: Dict[str, Profile], gpu_name: str, count: int) -> Optio
     return None
 
 
+# What a node's GPUs do not say: how it is networked. A DGX H100 has eight NDR rails; an OEM HGX
+# H100 with the same GPU baseboard may run Spectrum-X Ethernet, NDR200 or four rails. A profile
+# picked from the GPU model and count alone expects none of it (the profile named in config or
+# by a Slurm node feature, or the instance type, does).
+NETWORK_KEYS = ("efa", "ib", "ib_rate")
+
+
+def without_network(profile: Profile) -> Tuple[Profile, List[str]]:
+    """``profile`` less its network expectations, and a note naming those it dropped."""
+    dropped = ["%s=%g" % (k, getattr(profile, k)) for k in NETWORK_KEYS if getattr(profile, k) is not None]
+    if not dropped:
+        return profile, []
+    return (dataclasses.replace(profile, **{k: None for k in NETWORK_KEYS}),
+            ["%s not expected: the GPU model does not say how the node is networked (name profile %s in "
+             "config or as a Slurm node feature to expect it)" % (" ".join(dropped), profile.name)])
+
+
 @dataclass
 class Detection:
     profile: Profile
@@ -215,5 +233,6 @@ def detect(profiles: Dict[str, Profile], forced: Optional[str] = None,
         name, count = found
         profile = match_gpus(profiles, name, count)
         if profile is not None:
-            return Detection(profile, "gpu-model", notes)
+            profile, dropped = without_network(profile)
+            return Detection(profile, "gpu-model", notes + dropped)
     return Detection(profiles[GENERIC], "fallback", notes)

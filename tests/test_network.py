@@ -183,7 +183,8 @@ def test_p5_missing_efa_device_is_reboot(run_scenario, tmp_path):
 
 
 def test_ib_degraded_scenario(run_scenario):
-    report = run_scenario("dgx-h100-ib-degraded", checks=NETWORK)
+    # the DGX named (config or Slurm feature): a profile detected from the GPUs alone expects no IB layout
+    report = run_scenario("dgx-h100-ib-degraded", checks=NETWORK, profile="dgx-h100")
     got = sorted((f.severity.value, f.where()) for f in report.findings if f.check == "network")
     assert got == [("RESET", "mlx5_3/1"), ("RESET", "mlx5_6/1")]
 

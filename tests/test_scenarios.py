@@ -35,6 +35,11 @@ EXPECTED = {
 }
 
 
+# scenarios of a node whose profile the site names (config `profile:` or a Slurm node feature): a
+# profile detected from the GPU model alone expects no network layout (profiles.without_network)
+NAMED = {"dgx-h100-ib-degraded": "dgx-h100"}
+
+
 def test_every_bundled_scenario_has_expectations():
     assert set(scenario.bundled_names()) == set(EXPECTED)
     assert {"h100-healthy", "a100-healthy", "a30-healthy", "h100-xid79"} <= set(EXPECTED)
@@ -43,7 +48,8 @@ def test_every_bundled_scenario_has_expectations():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_bundled_scenario(run_scenario, name):
     overall, profile, wanted = EXPECTED[name]
-    report = run_scenario(name, timeouts={"check": 0.5})
+    named = {"profile": NAMED[name]} if name in NAMED else {}
+    report = run_scenario(name, timeouts={"check": 0.5}, **named)
     assert report.overall.value == overall, [f.to_dict() for f in report.findings if f.severity is not Severity.PASS]
     assert report.profile == profile
     for check, sev, gpu, text in wanted:

@@ -1,4 +1,10 @@
-"""nvlink: active links per GPU against the profile; link error counters as metrics."""
+"""nvlink: active links per GPU against the profile; link error counters as metrics.
+
+Without an expectation (no ``nvlinks`` in the profile) a GPU is held to its peers: fewer active
+links than another GPU of the node is MONITOR. NVML lists the links a chip has, not the ones its
+board wires: an A100 PCIe without a bridge lists 12 links, all down; bridged H100 PCIe/NVL pairs
+18, 12 up; a GH200 18 ports for multi-node systems, none up. A GPU in MIG mode has its NVLinks
+disabled by the driver (Fabric Manager user guide, MIG interoperability): no count applies to it."""
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -17,7 +23,11 @@ def _counters(links: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
 
 def gather(ctx: Context) -> Dict[str, Any]:
     entries = per_gpu(ctx, ctx.gpu.nvlink)
-    return {"gpus": entries, "previous": ctx.previous_state(NAME), "booted": ctx.booted_since(NAME),
+    # MIG mode is asked only of a GPU with a link down (none on a healthy NVLink node)
+    down = [e.gpu.index for e in entries if e.error is None and not all(l.get("active") for l in e.value)]
+    mig = [e.gpu.index for e in per_gpu(ctx, ctx.gpu.modes)
+           if e.gpu.index in down and e.error is None and (e.value or {}).get("mig_current")] if down else []
+    return {"gpus": entries, "mig": mig, "previous": ctx.previous_state(NAME), "booted": ctx.booted_since(NAME),
             "_state": by_uuid(entries, _counters)}
 
 
@@ -37,14 +47,20 @@ def _growth(gpu: GpuRef, links: List[Dict[str, Any]], previous: Dict[str, Any], 
 
 
 def _one(gpu: GpuRef, links: List[Dict[str, Any]], profile, config, previous: Dict[str, Any],
-         booted: bool) -> List[Finding]:
-    found, grown = _state_of_links(gpu, links, profile), _growth(gpu, links, previous, config, booted)
+         booted: bool, peers: int, mig: bool) -> List[Finding]:
+    found, grown = _state_of_links(gpu, links, profile, peers, mig), _growth(gpu, links, previous, config, booted)
     if grown and all(f.severity is Severity.PASS for f in found):
         return grown
     return found + grown
 
 
-def _state_of_links(gpu: GpuRef, links: List[Dict[str, Any]], profile) -> List[Finding]:
+def _active(links: List[Dict[str, Any]]) -> int:
+    return sum(1 for l in links if l.get("active"))
+
+
+def _state_of_links(gpu: GpuRef, links: List[Dict[str, Any]], profile, peers: int, mig: bool) -> List[Finding]:
+    """``peers``: the most links active on another GPU of the node (not in MIG mode); ``mig``: this
+    GPU is in MIG mode."""
     expected = profile.nvlinks if profile is not None else None
     active = [l["link"] for l in links if l.get("active")]
     inactive = [l["link"] for l in links if not l.get("active")]
@@ -55,17 +71,26 @@ def _state_of_links(gpu: GpuRef, links: List[Dict[str, Any]], profile) -> List[F
             metrics[name + "_errors"] = sum(values)
     if expected == 0:
         return [Finding(NAME, Severity.PASS, "no NVLink by design (%d links present)" % len(links), gpu=gpu, metrics=metrics)]
+    if mig:
+        return [Finding(NAME, Severity.PASS, "MIG mode: NVLinks disabled by the driver (%d of %d active)"
+                        % (len(active), len(links)), gpu=gpu, metrics=metrics)]
     if expected is not None and len(active) < expected:
         down = inactive or ["?"]
         return [Finding(NAME, Severity.RESET, "%d of %d NVLinks active (down: %s)" % (len(active), expected, ",".join(map(str, down))),
                         gpu=gpu, metrics=metrics,
                         remediation="drain and reset the GPUs (or reboot); if the link stays down, check the baseboard/NVSwitch")]
-    if expected is None and inactive:
-        return [Finding(NAME, Severity.MONITOR, "NVLinks %s inactive (no expectation in profile %s)"
-                        % (",".join(map(str, inactive)), profile.name if profile else "?"), gpu=gpu, metrics=metrics)]
+    if expected is None and len(active) < peers:
+        return [Finding(NAME, Severity.MONITOR, "%d of %d NVLinks active, another GPU of this node has %d (down: %s; "
+                        "no expectation in profile %s)" % (len(active), len(links), peers, ",".join(map(str, inactive)),
+                                                           profile.name if profile else "?"), gpu=gpu, metrics=metrics)]
+    if not active:
+        return [Finding(NAME, Severity.PASS, "no NVLink in use (%d links present)" % len(links), gpu=gpu, metrics=metrics)]
     return [Finding(NAME, Severity.PASS, "%d NVLinks active" % len(active), gpu=gpu, metrics=metrics)]
 
 
 def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
     previous, booted = data.get("previous") or {}, bool(data.get("booted"))
-    return gpu_findings(NAME, data["gpus"], lambda gpu, v: _one(gpu, v, profile, config, previous, booted))
+    mig = set(data.get("mig") or ())
+    peers = max((_active(e.value) for e in data["gpus"] if e.error is None and e.gpu.index not in mig), default=0)
+    return gpu_findings(NAME, data["gpus"],
+                        lambda gpu, v: _one(gpu, v, profile, config, previous, booted, peers, gpu.index in mig))
