@@ -11,15 +11,14 @@ import sys
 
 import click
 
+import test_cli
 from conftest import ROOT, gpuhc
 from gpuhc import cli
 
 
 def isolated(tmp_path, text=""):
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text("store: %s\nstate_dir: %s\ndetect: {slurm_features: false}\nslurm: {backend: none}\n%s"
-                   % (tmp_path / "store", tmp_path / "state", text))
-    return {"GPUHC_CONFIG": str(cfg)}
+    """test_cli's scratch config, with no Slurm to ask."""
+    return test_cli.isolated(tmp_path, "slurm: {backend: none}\n" + text)
 
 
 def test_xid_command_classifies_with_the_config_overrides_and_strict_mode(tmp_path):
