@@ -12,7 +12,8 @@ drained         Slurm: DRAIN (or FAIL) with a reason starting ``gpuhc:`` (severi
 drained-admin   Slurm: DRAIN (or FAIL) with any other reason: an operator's drain
 down            Slurm: DOWN or NOT_RESPONDING (gpuhc leaves such nodes alone)
 never-checked   Slurm knows the node; the store has no result for it
-stale           the newest result is older than ``status.stale_after`` seconds
+stale           the newest result is older than ``status.stale_after`` seconds, or dated more than 5 min
+                ahead of this clock (the node's clock is wrong: the result says nothing of its age)
 would-drain     the newest result has action ``would-drain`` (the breaker held the drain back)
 error           the newest result is ERROR: the checks could not run
 unhealthy       the newest result is RESET or worse, and the node is not drained
@@ -40,6 +41,7 @@ from .hostlist import expand, fold, natural_key
 from .model import Report, Severity
 from .store import Store, StoreError, check_node_name
 
+FUTURE_SLACK = 300.0     # seconds a result may be dated ahead of the reader's clock (skew) before it is stale
 STATES = ("healthy", "monitor", "stale", "never-checked", "error", "would-drain", "unhealthy", "drained",
           "quarantine", "drained-admin", "down")
 _STATE_ORDER = {s: n for n, s in enumerate(STATES)}
@@ -151,6 +153,12 @@ def node_status(node: str, summary: Optional[Mapping[str, Any]], slurm: Optional
     elif now - st.last_ts > stale_after:
         st.health = "stale"
         st.reason = "no result for more than %s" % _duration(stale_after) + (" (last: %s)" % st.reason if top else "")
+    elif st.last_ts - now > FUTURE_SLACK:
+        # a node whose clock ran ahead: its result says nothing of how long ago the node last
+        # checked (it would show healthy until that date after it died)
+        st.health = "stale"
+        st.reason = "newest result dated %s ahead of this clock (node clock wrong?)" % _duration(st.last_ts - now) + \
+            (" (last: %s)" % st.reason if top else "")
     elif st.action == "would-drain":
         st.health = "would-drain"
     elif st.severity == Severity.ERROR.value:

@@ -246,6 +246,8 @@ def summary(overall="PASS", age=0.0, action=None, now=1_000_000.0):
     (summary("RESET", action="would-drain"), {"state": "IDLE"}, "would-drain", "RESET"),
     (summary("ERROR"), None, "error", "ERROR"),
     (summary(age=2 * 86400), None, "stale", "PASS"),
+    (summary(age=-86400), None, "stale", "PASS"),          # dated a day ahead: the node's clock is wrong
+    (summary(age=-60), None, "healthy", "PASS"),           # a minute ahead: clock skew between hosts
     (summary("REBOOT", age=2 * 86400), {"state": "DRAIN", "reason": "gpuhc: REBOOT xid"}, "drained", "REBOOT"),
     (summary("PASS"), {"state": "IDLE+DRAIN", "reason": "gpuhc: ISOLATE ecc: 3 uncorrectable"}, "drained", "ISOLATE"),
     (summary("PASS"), {"state": "IDLE", "flags": ["FAIL"], "reason": "RMA"}, "drained-admin", "PASS"),
