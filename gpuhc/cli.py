@@ -14,6 +14,7 @@ from . import config as C
 from .errors import GpuhcError
 from .model import EXIT_UNKNOWN, EXIT_USAGE
 
+EXIT_INTERRUPTED = 130
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 NODE_HELP = "Slurm's name for this node (default $SLURMD_NODENAME, else the short hostname)."
 
@@ -62,6 +63,10 @@ class Group(click.Group):
         except GpuhcError as exc:
             click.echo(error_line(exc), err=True)
             ctx.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            # 128 + SIGINT, as a shell says; click would exit 1, which means "unhealthy"
+            click.echo("gpuhc: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:

@@ -15,6 +15,7 @@ Families (gauges; one sample per node unless said):
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import re
@@ -23,9 +24,11 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
 from .errors import GpuhcError
-from .hostlist import expand
+from .hostlist import expand, fold
 from .model import Finding, Report, Severity, overall_severity
 from .store import Store, atomic_write
+
+log = logging.getLogger("gpuhc.export")
 
 SEVERITY_HELP = "SKIP -2, ERROR -1, PASS 0, MONITOR 1, RESET 2, REBOOT 3, ISOLATE 4"
 _BAD = re.compile(r"[^a-zA-Z0-9_]+")
@@ -153,6 +156,11 @@ def export_prometheus(cfg: Dict, output: Optional[str] = None, nodelist: Optiona
         _add_report(fam, node, report)
 
     Store.from_config(cfg).latest_all(nodes, each=add)
+    missing = sorted(set(nodes or ()) - set(seen))
+    if missing:
+        # not an error (a node's first export may come before its first result), but a typo in
+        # -n would otherwise leave an empty file and no word about it
+        log.warning("no result in the store for %s", fold(missing))
     for node in sorted(seen):
         view = (slurm or {}).get(node)
         if view is not None:

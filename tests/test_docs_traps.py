@@ -181,3 +181,31 @@ def test_what_to_do_names_the_fix_for_a_checker_error(tmp_path):
                       Finding("ecc", Severity.PASS, "ok", remediation="nothing"),
                       Finding("fabric", Severity.SKIP, "no NVSwitch", remediation="nothing")])
     assert lines == ["ERROR dcgm: install datacenter-gpu-manager"]
+
+
+def test_ctrl_c_exits_130_not_the_unhealthy_code(tmp_path, monkeypatch):
+    """An operator interrupts `gpuhc xid` on a big log (or a long check) with Ctrl-C: exit 1 would
+    read as 'unhealthy' to a wrapper script; 130 is what a shell reports for SIGINT."""
+    from click.testing import CliRunner
+
+    from gpuhc import xid as X
+
+    def interrupted(text, first_line=1):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(X, "scan", interrupted)
+    log = tmp_path / "kern.log"
+    log.write_text("[ 1.0] NVRM: Xid (PCI:0000:3b:00): 79, GPU has fallen off the bus.\n")
+    monkeypatch.setenv("GPUHC_CONFIG", isolated(tmp_path)["GPUHC_CONFIG"])
+    result = CliRunner().invoke(cli.main, ["xid", str(log)])
+    assert result.exit_code == 130 and "interrupted" in result.output, (result.exit_code, result.output)
+
+
+def test_export_of_nodes_without_results_says_so(tmp_path):
+    """`gpuhc export prometheus -n gpu-0O1` (a typo) wrote an empty file and said nothing; it is
+    not an error (a node's first export can come before its first result), but it warns."""
+    env = isolated(tmp_path)
+    gpuhc("check", "--simulate", "h100-healthy", "--node", "gpu-001", env=env)
+    res = gpuhc("export", "prometheus", "-n", "gpu-[001-003]", env=env)
+    assert res.returncode == 0 and 'node="gpu-001"' in res.stdout
+    assert res.stderr.strip() == "gpuhc: warning: no result in the store for gpu-[002-003]"

@@ -235,7 +235,7 @@ def summary(overall="PASS", age=0.0, action=None, now=1_000_000.0):
     return {"overall": overall, "started_ts": now - age, "context": "prolog", "action": action, "top": top}
 
 
-@pytest.mark.parametrize("summ,slurm,health,severity", [
+@pytest.mark.parametrize("summ,view,health,severity", [
     (summary(), None, "healthy", "PASS"),
     (summary("MONITOR"), None, "monitor", "MONITOR"),
     (summary("ISOLATE"), None, "unhealthy", "ISOLATE"),
@@ -255,8 +255,8 @@ def summary(overall="PASS", age=0.0, action=None, now=1_000_000.0):
     (None, {"state": "IDLE"}, "never-checked", "-"),
     (None, {"state": "DOWN"}, "down", "-"),
 ])
-def test_health_rules(summ, slurm, health, severity):
-    st = ST.node_status("gpu-1", summ, slurm, now=1_000_000.0, stale_after=86400)
+def test_health_rules(summ, view, health, severity):
+    st = ST.node_status("gpu-1", summ, view, now=1_000_000.0, stale_after=86400)
     assert (st.health, st.severity) == (health, severity)
 
 
