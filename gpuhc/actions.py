@@ -17,7 +17,7 @@ from . import config as C
 from . import policy, session, syslogging
 from .backends.slurm import JobView, NodeView, Slurm, SlurmError
 from .backends.slurm_cli import SlurmCli
-from .bounded import call_within
+from .bounded import Overtime, call_within
 from .model import Report, Severity
 
 PROLOG, EPILOG, HEALTHCHECK = "prolog", "epilog", "healthcheck"
@@ -191,7 +191,6 @@ def kill_leftovers(ctx: Any, job_uid: Optional[int] = None, deadline: Optional[f
     import signal
 
     from .backends.gpu import GpuError
-    from .bounded import Overtime
     from .model import Finding
     from .runner import hang_finding
 
@@ -344,8 +343,8 @@ def run_context(cfg: Dict[str, Any], context: str, node: Optional[str] = None, s
                                  job_id=env.get("SLURM_JOB_ID"), job_gpus=job_gpus(env), deadline=deadline)
     if context == EPILOG and cfg["epilog"]["kill_leftover_processes"]:
         uid = env.get("SLURM_JOB_UID", "")
-        keep = C.budget(cfg, context) - C.checks_budget(cfg, context)     # for Slurm and the store
-        report.findings.extend(kill_leftovers(ctx, int(uid) if uid.isdigit() else None, deadline - keep))
+        report.findings.extend(kill_leftovers(ctx, int(uid) if uid.isdigit() else None,
+                                              C.checks_deadline(cfg, context, deadline)))
     action = decide_and_act(cfg, report, slurm, deadline, owns=lambda f: job_owns(ctx, f))
     if action.kind != policy.NONE:
         report.action = action.kind

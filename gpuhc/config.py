@@ -275,3 +275,9 @@ def checks_budget(cfg: Dict[str, Any], context: str) -> float:
     """What the checks get of the context's budget: all but ``timeouts.act`` (at most half)."""
     total = budget(cfg, context)
     return total - min(float(cfg["timeouts"]["act"]), total / 2)
+
+
+def checks_deadline(cfg: Dict[str, Any], context: str, deadline: float) -> float:
+    """When the checks of a run that must end at ``deadline`` (time.monotonic()) must end: what
+    is kept for Slurm and the store comes after."""
+    return deadline - (budget(cfg, context) - checks_budget(cfg, context))

@@ -30,6 +30,21 @@ def write(state_dir: str, name: str, value: Any) -> bool:
         return False
 
 
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+LOCK_MODE = 0o600   # whoever can open a lock can flock it, and hold every writer that waits for it
+
+
+def open_mode(path: str, flags: int, mode: int) -> int:
+    """os.open without following a symlink; a file this process creates or owns ends with exactly
+    ``mode`` (one an earlier version left wider is tightened)."""
+    fd = os.open(path, flags | NOFOLLOW, mode)
+    if flags & os.O_CREAT:
+        st = os.fstat(fd)
+        if st.st_mode & 0o7777 != mode and st.st_uid == os.geteuid():
+            os.fchmod(fd, mode)
+    return fd
+
+
 LOCK_WAIT = 2.0     # at most this long for another gpuhc's read-modify-write of the same file
 
 
@@ -42,12 +57,7 @@ def update(state_dir: str, name: str, change: Callable[[Any], Any]) -> bool:
     fd = -1
     try:
         os.makedirs(state_dir, mode=0o755, exist_ok=True)
-        # 0600: whoever can open the lock can flock it and make every prolog wait LOCK_WAIT
-        fd = os.open(os.path.join(state_dir, "." + name + ".lock"),
-                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        st = os.fstat(fd)
-        if st.st_mode & 0o077 and st.st_uid == os.geteuid():
-            os.fchmod(fd, 0o600)       # a lock an earlier version left readable by all
+        fd = open_mode(os.path.join(state_dir, "." + name + ".lock"), os.O_RDWR | os.O_CREAT, LOCK_MODE)
         deadline = time.monotonic() + LOCK_WAIT
         while True:
             try:

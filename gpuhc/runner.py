@@ -61,9 +61,6 @@ class Runner:
         self.detection: Optional[P.Detection] = None
         self.new_state: dict = {}
 
-    def _hang_finding(self, name: str, timeout: float) -> Finding:
-        return hang_finding(self.ctx, name, timeout)
-
     def run_check(self, name: str, deadline: float) -> Tuple[List[Finding], Any]:
         module = catalogue.load(name)
         if getattr(module, "NEEDS_GPU", False):
@@ -77,7 +74,7 @@ class Runner:
         try:
             data = call_within(lambda: module.gather(self.ctx), timeout, "gpuhc-check")
         except Overtime:
-            return [self._hang_finding(name, timeout)], None
+            return [hang_finding(self.ctx, name, timeout)], None
         except GpuError as err:
             return [gpu_error_finding(name, err, profile=self.ctx.profile)], None
         except OSError as exc:          # a file or device the check reads: say which and why, no errno dump
@@ -125,7 +122,7 @@ class Runner:
         try:
             return [], call_within(lambda: module.gather(self.ctx), timeout, "gpuhc-check")
         except Overtime:
-            return [self._hang_finding("nvml", timeout)], None
+            return [hang_finding(self.ctx, "nvml", timeout)], None
         except Exception as exc:
             return [Finding("nvml", Severity.ERROR, "inventory failed: %s: %s" % (type(exc).__name__, exc))], None
 

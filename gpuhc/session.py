@@ -119,8 +119,7 @@ def run(cfg: Dict[str, Any], context: str, suite: Optional[str] = None, checks: 
     runner = Runner(ctx, detector(cfg, profiles))
     limit = C.checks_budget(cfg, context)
     if deadline is not None:
-        keep = C.budget(cfg, context) - limit
-        limit = max(0.0, min(limit, deadline - time.monotonic() - keep))
+        limit = max(0.0, min(limit, C.checks_deadline(cfg, context, deadline) - time.monotonic()))
     report = runner.run(names, limit, suite=suite)
     if gpu.hung is None:
         try:

@@ -150,15 +150,12 @@ def node_status(node: str, summary: Optional[Mapping[str, Any]], slurm: Optional
         st.health = "quarantine" if st.action == "quarantine" else "drained"
     elif summary is None:
         st.health, st.reason = "never-checked", "never checked"
-    elif now - st.last_ts > stale_after:
-        st.health = "stale"
-        st.reason = "no result for more than %s" % _duration(stale_after) + (" (last: %s)" % st.reason if top else "")
-    elif st.last_ts - now > FUTURE_SLACK:
-        # a node whose clock ran ahead: its result says nothing of how long ago the node last
-        # checked (it would show healthy until that date after it died)
-        st.health = "stale"
-        st.reason = "newest result dated %s ahead of this clock (node clock wrong?)" % _duration(st.last_ts - now) + \
-            (" (last: %s)" % st.reason if top else "")
+    elif now - st.last_ts > stale_after or st.last_ts - now > FUTURE_SLACK:
+        # a result dated ahead (a node whose clock ran ahead) says nothing of how long ago the node
+        # last checked: it would show healthy until that date after the node died
+        why = ("no result for more than %s" % _duration(stale_after) if now - st.last_ts > stale_after else
+               "newest result dated %s ahead of this clock (node clock wrong?)" % _duration(st.last_ts - now))
+        st.health, st.reason = "stale", why + (" (last: %s)" % st.reason if top else "")
     elif st.action == "would-drain":
         st.health = "would-drain"
     elif st.severity == Severity.ERROR.value:

@@ -40,17 +40,16 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .bounded import Overtime, call_within
 from .errors import GpuhcError
+from .localstate import LOCK_MODE, NOFOLLOW, open_mode
 from .model import SCHEMA_VERSION, Report, Severity, json_repr, valid_ts
 
 log = logging.getLogger("gpuhc.store")
 
 DIR_MODE = 0o755
 FILE_MODE = 0o644
-LOCK_MODE = 0o600     # a user who can open the lock can flock it, and hold every writer of the node
 LATEST, SUMMARY, HISTORY, LOCK = "latest.json", "summary.json", "history.jsonl", ".lock"
 ACK = "ack.json"     # an operator's acknowledgement: findings seen before its time no longer drain
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _counter = itertools.count()
 
 
@@ -150,15 +149,6 @@ def _makedirs(path: str) -> None:
         _mkdir(path)
 
 
-def _open(path: str, flags: int, mode: int = FILE_MODE) -> int:
-    fd = os.open(path, flags | _NOFOLLOW, mode)
-    if flags & os.O_CREAT:
-        st = os.fstat(fd)
-        if st.st_mode & 0o7777 != mode and st.st_uid == os.geteuid():
-            os.fchmod(fd, mode)
-    return fd
-
-
 def _write_all(fd: int, data: bytes, path: str) -> None:
     """One write() of the whole buffer; a short write is an error (the caller spools)."""
     n = os.write(fd, data)
@@ -170,7 +160,7 @@ def atomic_write(path: str, data: bytes, sync: bool = True) -> None:
     """Temporary file beside ``path``, fsync, rename over it: readers see the old or the new file."""
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, ".%s.%d.%d.tmp" % (name, os.getpid(), next(_counter)))
-    fd = _open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    fd = open_mode(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         try:
             _write_all(fd, data, tmp)
@@ -190,7 +180,7 @@ def atomic_write(path: str, data: bytes, sync: bool = True) -> None:
 def _read(path: str) -> Optional[bytes]:
     """The whole file, or None when it does not exist. Does not follow a symlink."""
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | NOFOLLOW)
     except FileNotFoundError:
         return None
     try:
@@ -259,7 +249,7 @@ class _Flock:
         self.path = path
 
     def __enter__(self) -> "_Flock":
-        self.fd = _open(self.path, os.O_RDWR | os.O_CREAT, LOCK_MODE)
+        self.fd = open_mode(self.path, os.O_RDWR | os.O_CREAT, LOCK_MODE)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX)
         except BaseException:
@@ -394,7 +384,7 @@ class Store:
 
     def _append_locked(self, directory: str, line: bytes, report: Report, fsync_dir: bool = True) -> None:
         path = os.path.join(directory, HISTORY)
-        fd = _open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        fd = open_mode(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
         try:
             size = os.fstat(fd).st_size
             torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"

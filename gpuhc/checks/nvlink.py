@@ -24,7 +24,7 @@ def _counters(links: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
 def gather(ctx: Context) -> Dict[str, Any]:
     entries = per_gpu(ctx, ctx.gpu.nvlink)
     # MIG mode is asked only of a GPU with a link down (none on a healthy NVLink node)
-    down = [e.gpu.index for e in entries if e.error is None and not all(l.get("active") for l in e.value)]
+    down = [e.gpu.index for e in entries if e.error is None and _active(e.value) < len(e.value)]
     mig = [e.gpu.index for e in per_gpu(ctx, ctx.gpu.modes)
            if e.gpu.index in down and e.error is None and (e.value or {}).get("mig_current")] if down else []
     return {"gpus": entries, "mig": mig, "previous": ctx.previous_state(NAME), "booted": ctx.booted_since(NAME),
