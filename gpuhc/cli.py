@@ -128,33 +128,29 @@ def _log_to_stderr() -> None:
 def check(ctx: click.Context, suite: Optional[str], checks: List[str], node: Optional[str], context_name: str,
           as_json: bool, show_all: bool, no_record: bool) -> None:
     """Run health checks on this node and print the findings."""
-    from . import output, session, store
+    from . import contexts, output
+    from .contexts.check import Check
+    from .contexts.pipeline import run as run_pipeline
 
     if suite and checks:
         # --check runs only the named checks: the report would carry the suite's name (which
         # resume weighs by suite_depth) for checks that suite did not run
         raise GpuhcError("--suite %s and --check: give one (--check runs only the named checks)" % suite)
-    cfg = load_config(ctx)
-    report, detection, run_ctx = session.run(cfg, context_name, suite=suite, checks=checks, node=node,
-                                             simulate=_state(ctx).get("simulate"))
+    context = contexts.get("check") if context_name == "check" else Check(context_name)
+    outcome = run_pipeline(load_config(ctx), context, node=node, simulate=_state(ctx).get("simulate"),
+                           suite=suite, checks=checks, record=not no_record)
     if as_json:
-        emit_json(report.to_dict())
+        emit_json(outcome.report.to_dict())
     else:
-        click.echo(output.report_text(report, detection, show_all))
-    if _state(ctx).get("simulate") and not node and not no_record:
-        # a scenario tried by hand is not this node's health (nor a node of the fleet's)
-        no_record = True
-        click.echo("gpuhc: note: simulated run not recorded (give --node NAME to record it as that node)", err=True)
-    warning = None if no_record else store.record_safely(cfg, report)
-    if warning:
-        click.echo("gpuhc: warning: %s" % warning, err=True)
-    code = report.exit_code
-    if run_ctx.gpu.hung is not None:
+        click.echo(output.report_text(outcome.report, outcome.detection, show_all))
+    for note in outcome.notes:
+        click.echo("gpuhc: %s" % note, err=True)
+    if outcome.run_ctx.gpu.hung is not None:
         # A thread is stuck in the GPU library: leave without waiting for it.
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)
-    ctx.exit(code)
+        os._exit(outcome.exit_code)
+    ctx.exit(outcome.exit_code)
 
 
 @main.command()
@@ -273,7 +269,7 @@ def ack(ctx: click.Context, node: Optional[str], xid_number: Optional[int], pci_
 def status(ctx: click.Context, per_node: bool, reasons: bool, partition: Optional[str], nodelist: Optional[str],
            states: Optional[str], fmt: Optional[str], noheader: bool, as_json: bool) -> None:
     """Health of every node in the store, grouped like sinfo."""
-    from .actions import slurm_view
+    from .fleet.slurm_view import slurm_view
     from .status import status_text
 
     cfg = load_config(ctx)
@@ -288,7 +284,7 @@ def status(ctx: click.Context, per_node: bool, reasons: bool, partition: Optiona
 @click.pass_context
 def show(ctx: click.Context, node: str, as_json: bool) -> None:
     """The newest full report of NODE, every finding included."""
-    from .actions import slurm_view
+    from .fleet.slurm_view import slurm_view
     from .status import show_text
 
     from .store import check_node_name
@@ -327,7 +323,7 @@ def export() -> None:
 @click.pass_context
 def prometheus(ctx: click.Context, output: Optional[str], nodelist: Optional[str]) -> None:
     """Newest results as Prometheus text format (node_exporter textfile collector)."""
-    from .actions import slurm_view
+    from .fleet.slurm_view import slurm_view
     from .export import export_prometheus
     from .hostlist import expand
 
@@ -344,12 +340,11 @@ def _context_command(context: str, doc: str):
     @common_options
     @click.pass_context
     def command(ctx: click.Context, node: Optional[str], as_json: bool) -> None:
-        from . import actions
+        from . import contexts
 
         logging.getLogger("gpuhc").addHandler(_SyslogHandler(context))
         try:
-            outcome = actions.run_context(load_config(ctx), context, node=node, simulate=_state(ctx).get("simulate"),
-                                          echo=not as_json)
+            outcome = contexts.run(load_config(ctx), context, node=node, simulate=_state(ctx).get("simulate"))
         except Exception as exc:
             # slurmd discards the output: without this line a misconfigured node drains with
             # Slurm's "Prolog error" and nothing on it says why (stderr gets the line from Group)
@@ -359,6 +354,8 @@ def _context_command(context: str, doc: str):
             raise
         if as_json:
             emit_json(dict(outcome.report.to_dict(), action=outcome.action.to_dict(), exit_code=outcome.exit_code))
+        else:
+            click.echo("\n".join(outcome.lines))
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(outcome.exit_code)     # never wait for a check thread stuck in the GPU library
@@ -404,11 +401,11 @@ def reset(ctx: click.Context, node: Optional[str], gpus: List[str], every: bool,
 @click.pass_context
 def resume(ctx: click.Context, nodelist: str, force: bool, as_json: bool) -> None:
     """Resume nodes gpuhc drained: on enough passes, or now with --force. Other drains are refused."""
-    from . import actions
     from .hostlist import expand
     from .output import table
+    from .resume import resume_nodes
 
-    rows = actions.resume_nodes(load_config(ctx), expand(nodelist), force)
+    rows = resume_nodes(load_config(ctx), expand(nodelist), force)
     if as_json:
         emit_json([{"node": n, "result": r, "why": w} for n, r, w in rows])
     else:

@@ -9,7 +9,9 @@ import copy
 import os
 from typing import Any, Dict, Optional
 
+from . import checks as registry
 from .checks import CHECKS
+from .checks.meta import CONTEXTS
 from .errors import ConfigError
 from .schema import MapOf, OneOf
 from .schema import validate as check_shape
@@ -17,28 +19,14 @@ from .yamlio import decode, parse_yaml, read_bytes
 
 DEFAULT_PATH = "/etc/gpuhc/config.yaml"
 
-LIGHTWEIGHT = ["gpu_count", "xid", "ecc", "memory_remap", "pcie", "nvlink", "clocks",
-               "thermal_power", "gpu_config", "fabric", "processes", "network"]
+_SUITES = registry.default_suites()          # from each check's META (checks/meta.py)
+LIGHTWEIGHT = list(_SUITES["lightweight"])
 # after a clean job: what the job may have left behind (new Xids, ECC, remaps, processes, links)
-EPILOG_QUICK = ["gpu_count", "xid", "ecc", "memory_remap", "processes", "network"]
-THRESHOLDS = {
-    "ecc_sram_uncorrected": 4,        # aggregate SRAM uncorrectable errors above which: ISOLATE (RMA)
-    "ecc_dram_uncorrected": 64,       # aggregate DRAM uncorrectable errors above which: ISOLATE (any: MONITOR)
-    "ecc_volatile_uncorrected": 0,    # uncorrectable errors since the last reset above which: RESET
-    "ecc_corrected_growth": 1000,     # corrected errors between two runs worth a MONITOR finding
-    "retired_pages": 60,              # pre-Ampere: retired pages at which the table is nearly full (64)
-    "pcie_replay_growth": 100,        # PCIe replays between two runs worth a MONITOR finding
-    "pcie_loaded_utilization": 50,    # % GPU busy above which a lower link generation is not power saving
-    "nvlink_replay_growth": 1000,     # NVLink counter growth between two runs worth a MONITOR finding
-    "nvlink_recovery_growth": 1,
-    "nvlink_crc_flit_growth": 1000,
-    "nvlink_crc_data_growth": 100,
-    "temperature_margin_c": 5,        # MONITOR within this many degrees of the slowdown threshold
-    "temperature_shutdown_margin_c": 3,  # ISOLATE within this many degrees of shutdown (and past slowdown)
-    "power_limit_ratio": 0.95,        # MONITOR when the enforced power limit is below this share of default
-}
+EPILOG_QUICK = list(_SUITES["epilog"])
+# limits the checks apply: each declared by its check with its source (`gpuhc checks` lists them)
+THRESHOLDS = {name: t.default for name, t in registry.default_thresholds().items()}
 # checks that load the GPUs for minutes: never in the prolog, epilog or lightweight suites
-INTENSIVE = ["dcgm"]
+INTENSIVE = [n for n in _SUITES["intensive"] if n not in LIGHTWEIGHT]
 
 
 def _default_store() -> str:
@@ -66,15 +54,7 @@ def defaults() -> Dict[str, Any]:
         # network: link_downed growth between two runs that counts as flapping; kernel modules RDMA needs
         "network": {"flap_threshold": 1, "memlock": True, "efa_modules": ["efa", "ib_core", "ib_uverbs"],
                     "ib_modules": ["ib_core", "ib_uverbs"]},
-        "suites": {
-            "prolog": list(LIGHTWEIGHT),
-            "epilog": list(EPILOG_QUICK),
-            "healthcheck": list(LIGHTWEIGHT),
-            "lightweight": list(LIGHTWEIGHT),
-            "intensive": list(LIGHTWEIGHT) + INTENSIVE,
-            "dcgm": ["dcgm"],
-            "epilog_failure": list(LIGHTWEIGHT),
-        },
+        "suites": {suite: list(names) for suite, names in _SUITES.items()},
         "context_suites": {"prolog": "prolog", "epilog": "epilog", "healthcheck": "healthcheck",
                            "check": "lightweight", "sweep": "lightweight", "quarantine": "intensive"},
         "timeouts": {
@@ -100,7 +80,7 @@ def defaults() -> Dict[str, Any]:
         "slurm": {"backend": "cli", "timeout": 5.0, "dry_run": False, "comment_monitor": True},
         # stop draining past this share of a partition (or the cluster) drained by gpuhc within window s
         # settle: after a drain, how long to wait for drains started at the same moment to show
-        # before counting again (prologs of one job start together; see actions._breaker_after_drain)
+        # before counting again (prologs of one job start together; see acting.breaker_after_drain)
         "breaker": {"enabled": True, "max_fraction": 0.1, "max_nodes": None, "window": 86400.0, "settle": 1.0},
         # automatic resume: consecutive passes of a suite at least as deep as the draining one
         "resume": {"auto": True, "passes": 3,
@@ -118,7 +98,6 @@ def defaults() -> Dict[str, Any]:
     }
 
 
-CONTEXTS = ("prolog", "epilog", "healthcheck", "check", "sweep", "quarantine")
 KERNEL_LOG_SOURCES = ("auto", "kmsg", "journal", "dmesg")
 TIERS = ("MONITOR", "RESET", "REBOOT", "ISOLATE")
 NUM = "amount"                 # a finite number, not negative (counts, thresholds)
@@ -255,14 +234,15 @@ COMMAND_MARGIN = 60.0     # beyond a check's own command timeout: probes and sta
 
 def check_timeout(cfg: Dict[str, Any], check: str) -> float:
     """timeouts.checks.NAME; else a check section's own command `timeout` plus a margin (dcgm runs
-    for minutes); else timeouts.check."""
+    for minutes); else the check's declared META.timeout; else timeouts.check."""
     own = cfg["timeouts"]["checks"].get(check)
     if own is not None:
         return float(own)
     section = cfg.get(check)
     if isinstance(section, dict) and "timeout" in section:
         return float(section["timeout"]) + COMMAND_MARGIN
-    return float(cfg["timeouts"]["check"])
+    declared = registry.metadata(check).timeout if check in CHECKS else None
+    return float(declared if declared is not None else cfg["timeouts"]["check"])
 
 
 def budget(cfg: Dict[str, Any], context: str) -> float:

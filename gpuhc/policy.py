@@ -1,7 +1,7 @@
 """From a report to what gpuhc does about it in Slurm: drain, comment, resume, or nothing.
 
 Pure decisions on plain inputs (the report, Slurm's view of the node, the config, recent
-history); the caller (actions.py) talks to Slurm and the store. Rules (DESIGN.md section 6):
+history); the callers (acting.py, resume.py) talk to Slurm and the store. Rules (DESIGN.md section 6):
 
 * gpuhc changes only nodes whose reason starts with ``gpuhc:``; a node drained or down for
   any other reason is left alone, and so is a node in boot, reboot, maint, future or

@@ -72,12 +72,12 @@ def choose(wanted: Sequence[str], every: bool, listed: Dict[str, int], with_xids
 def busy(cfg: Dict[str, Any], node: str) -> Optional[str]:
     """Why a reset must not run now; None only when Slurm positively shows the node drained with
     no job on it, or when the config says there is no Slurm (slurm.backend: none)."""
-    from . import actions
+    from .acting import slurm_backend
     from .backends.slurm import SlurmError
 
     if cfg["slurm"]["backend"] == "none":
         return None
-    slurm = actions.slurm_backend(cfg)
+    slurm = slurm_backend(cfg)
     if slurm is None:
         return ("Slurm is not configured on this host, so whether a job runs here cannot be known "
                 "(slurm.backend: none on a node without Slurm)")

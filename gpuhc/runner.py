@@ -63,7 +63,11 @@ class Runner:
 
     def run_check(self, name: str, deadline: float) -> Tuple[List[Finding], Any]:
         module = catalogue.load(name)
-        if getattr(module, "NEEDS_GPU", False):
+        meta = module.META
+        if self.ctx.context not in meta.contexts:
+            return [Finding(name, Severity.SKIP, "not run in a %s run (runs in: %s)"
+                            % (self.ctx.context, ", ".join(meta.contexts)))], None
+        if meta.needs_gpu:
             why = self.ctx.gpu_unavailable()
             if why is not None:
                 return [Finding(name, Severity.SKIP, "not run: %s" % why)], None

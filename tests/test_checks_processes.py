@@ -1,6 +1,7 @@
 """processes: leftover compute processes in the prolog and epilog, and on a node shared by
 several jobs only on the GPUs of the job the context runs for (SLURM_JOB_GPUS)."""
-from gpuhc import actions, session
+from gpuhc import session
+from gpuhc.contexts.pipeline import job_gpus
 
 SHARED = """extends: h100-healthy
 gpus:
@@ -49,7 +50,7 @@ def test_slurm_ids_are_device_minor_numbers_not_nvml_indexes(tmp_path, make_cfg)
 
 
 def test_job_gpus_from_the_environment():
-    assert actions.job_gpus({"SLURM_JOB_GPUS": "0,1,4"}) == {0, 1, 4}
-    assert actions.job_gpus({"SLURM_JOB_GPUS": "0-3,6"}) == {0, 1, 2, 3, 6}
-    assert actions.job_gpus({"SLURM_JOB_GPUS": ""}) is None and actions.job_gpus({}) is None
-    assert actions.job_gpus({"SLURM_JOB_GPUS": "gpu:a100"}) is None
+    assert job_gpus({"SLURM_JOB_GPUS": "0,1,4"}) == {0, 1, 4}
+    assert job_gpus({"SLURM_JOB_GPUS": "0-3,6"}) == {0, 1, 2, 3, 6}
+    assert job_gpus({"SLURM_JOB_GPUS": ""}) is None and job_gpus({}) is None
+    assert job_gpus({"SLURM_JOB_GPUS": "gpu:a100"}) is None

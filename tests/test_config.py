@@ -47,7 +47,7 @@ def test_env_variable_names_the_file(tmp_path, monkeypatch):
     ("xid: {overrides: {74: REBOOT, 74: RESET}}\n", "key 74 given twice"),
     ("xid: {overrides: {abc: REBOOT}}\n", "xid.overrides: key 'abc': expected an index"),
     ("xid: {sxid_overrides: {x12: REBOOT}}\n", "xid.sxid_overrides: key 'x12': expected an index"),
-    ("timeouts: {budget: {prologue: 5}}\n", "timeouts.budget: unknown key 'prologue' (known: check, epilog"),
+    ("timeouts: {budget: {prologue: 5}}\n", "timeouts.budget: unknown key 'prologue' (known: bench, check, epilog"),
     ("timeouts: {checks: {nosuch: 3}}\n", "timeouts.checks: unknown key 'nosuch' (known: clocks, dcgm"),
     ("context_suites: {prologue: prolog}\n", "context_suites: unknown key 'prologue'"),
     ("context_suites: {prolog: nosuch}\n", "context_suites.prolog: unknown suite 'nosuch'"),

@@ -7,7 +7,10 @@ import sys
 
 import pytest
 
-from gpuhc import actions
+from gpuhc import contexts
+from gpuhc.backends.slurm import SlurmError
+from gpuhc.contexts import epilog as E
+from gpuhc.contexts import pipeline
 from gpuhc import config as C
 from gpuhc import policy
 from gpuhc.checks.base import Context, Inventory
@@ -28,7 +31,7 @@ def cfg(tmp_path):
 def run(cfg, scenario, context, log_lines, **env):
     """One prolog/epilog on the simulated node, with the kernel log holding ``log_lines``."""
     scenario.write_text("extends: h100-healthy\nkernel_log:\n" + BOOT_LINE + "".join(log_lines))
-    return actions.run_context(cfg, context, node=NODE, simulate=str(scenario), env=dict(env))
+    return contexts.run(cfg, context, node=NODE, simulate=str(scenario), env=dict(env))
 
 
 def xid_findings(report, xid=None):
@@ -64,7 +67,7 @@ def test_epilog_drain_reason_does_not_blame_a_job_for_another_jobs_gpu(cfg, tmp_
     sc = tmp_path / "node.yaml"
     x79 = "  - '[ 50.0] NVRM: Xid (PCI:0000:5d:00): 79, pid=777, name=python, GPU has fallen off the bus.'\n"
     views = {NODE: view(NODE)}
-    monkeypatch.setattr(actions, "slurm_backend", lambda cfg_, deadline=None: FakeSlurm(views, deadline=deadline))
+    monkeypatch.setattr(pipeline, "slurm_backend", lambda cfg_, deadline=None: FakeSlurm(views, deadline=deadline))
     cfg["breaker"]["enabled"] = False
     out = run(cfg, sc, "epilog", [x79], SLURM_JOB_ID="43", SLURM_JOB_GPUS="0,1")
     top = xid_findings(out.report, 79)
@@ -85,13 +88,13 @@ def test_a_crashed_step_gets_the_failure_suite_even_when_the_script_exits_0(cfg)
     failure suite, not the quick one."""
     env = {"SLURM_JOB_ID": "44", "SLURM_JOB_EXIT_CODE": "0", "SLURM_JOB_EXIT_CODE2": "0:0",
            "SLURM_JOB_DERIVED_EC": "11"}
-    assert actions.suite_for(cfg, "epilog", env) == cfg["epilog"]["failure_suite"]
+    assert E.suite_for(cfg, env) == cfg["epilog"]["failure_suite"]
     # a step that exited 1 (wait status 256) is a failure too
     env["SLURM_JOB_DERIVED_EC"] = "256"
-    assert actions.suite_for(cfg, "epilog", env) == cfg["epilog"]["failure_suite"]
+    assert E.suite_for(cfg, env) == cfg["epilog"]["failure_suite"]
     # and a job whose steps all succeeded stays on the quick suite
     env["SLURM_JOB_DERIVED_EC"] = "0"
-    assert actions.suite_for(cfg, "epilog", env) == cfg["context_suites"]["epilog"]
+    assert E.suite_for(cfg, env) == cfg["context_suites"]["epilog"]
 
 
 def test_xid154_back_to_none_does_not_clear_an_isolate_event(cfg, tmp_path):
@@ -130,10 +133,10 @@ def test_cpu_only_job_epilog_does_not_kill_another_jobs_gpu_processes(cfg):
     other_job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         ctx = Context(node=NODE, context="epilog", gpu=_FakeNvml(other_job.pid), host=None, config=cfg,
-                      job_id="51", job_gpus=actions.job_gpus({"SLURM_JOB_ID": "51"}),
+                      job_id="51", job_gpus=pipeline.job_gpus({"SLURM_JOB_ID": "51"}),
                       inventory=Inventory(gpus=[GpuRef(0, "GPU-0", "0000:18:00.0"), GpuRef(1, "GPU-1", "0000:2a:00.0")],
                                           minors={0: 0, 1: 1}))
-        killed = actions.kill_leftovers(ctx)
+        killed = E.kill_leftovers(ctx)
         try:
             other_job.wait(timeout=1)
         except subprocess.TimeoutExpired:
@@ -141,7 +144,7 @@ def test_cpu_only_job_epilog_does_not_kill_another_jobs_gpu_processes(cfg):
         assert other_job.poll() is None, "job 51's epilog killed job 50's process: %s" % [f.message for f in killed]
         assert killed == []
         # job 50 is another user's: job 51's epilog with SLURM_JOB_UID of job 51's user leaves it
-        assert actions.kill_leftovers(ctx, job_uid=os.getuid() + 4242) == [] and other_job.poll() is None
+        assert E.kill_leftovers(ctx, job_uid=os.getuid() + 4242) == [] and other_job.poll() is None
     finally:
         if other_job.poll() is None:
             other_job.kill()
@@ -160,7 +163,7 @@ def test_leftover_of_the_jobs_own_user_is_killed_when_its_gpus_are_unknown(cfg):
         ctx = Context(node=NODE, context="epilog", gpu=_FakeNvml(left.pid), host=None, config=cfg,
                       job_id="52", job_gpus=None,
                       inventory=Inventory(gpus=[GpuRef(0, "GPU-0", "0000:18:00.0")], minors={0: 0}))
-        killed = actions.kill_leftovers(ctx, job_uid=nobody)
+        killed = E.kill_leftovers(ctx, job_uid=nobody)
         left.wait(timeout=5)
         assert left.returncode == -9 and "killed 1 leftover" in killed[0].message
     finally:
@@ -195,21 +198,21 @@ def test_a_job_the_controller_ended_counts_as_failed_when_slurm_is_asked(cfg, mo
     assert (job.exit_code, job.derived_exit_code, job.comment) == ("0:15", "", "")
     env = {"SLURM_JOB_ID": "2", "SLURM_JOB_EXIT_CODE2": "0:0", "SLURM_JOB_EXIT_CODE": "0", "SLURM_JOB_DERIVED_EC": "0"}
     calls.clear()
-    assert actions.suite_for(cfg, "epilog", env, slurm) == "epilog"
+    assert E.suite_for(cfg, env, slurm) == "epilog"
     assert calls == []                                   # off: no Slurm call on a clean-looking epilog
     cfg["epilog"]["ask_slurm_exit_code"] = True
-    assert actions.suite_for(cfg, "epilog", env, slurm) == "epilog_failure"
+    assert E.suite_for(cfg, env, slurm) == "epilog_failure"
     assert calls == [["scontrol", "show", "job", "--oneliner", "2"]]
     # a job Slurm also shows clean stays on the quick suite; Slurm not answering: the quick suite
     monkeypatch.setattr(SlurmCli, "_run", lambda self, argv, timeout=None: captured.replace("ExitCode=0:15", "ExitCode=0:0"))
-    assert actions.suite_for(cfg, "epilog", env, slurm) == "epilog"
+    assert E.suite_for(cfg, env, slurm) == "epilog"
 
     def hung(self, argv, timeout=None):
-        raise actions.SlurmError("scontrol show job timed out after 5s")
+        raise SlurmError("scontrol show job timed out after 5s")
     monkeypatch.setattr(SlurmCli, "_run", hung)
-    assert actions.suite_for(cfg, "epilog", env, slurm) == "epilog"
+    assert E.suite_for(cfg, env, slurm) == "epilog"
     # the environment already says failed: no need to ask
     calls.clear()
     monkeypatch.setattr(SlurmCli, "_run", fake_run)
-    assert actions.suite_for(cfg, "epilog", dict(env, SLURM_JOB_EXIT_CODE2="3:0"), slurm) == "epilog_failure"
+    assert E.suite_for(cfg, dict(env, SLURM_JOB_EXIT_CODE2="3:0"), slurm) == "epilog_failure"
     assert calls == []

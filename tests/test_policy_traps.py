@@ -8,7 +8,10 @@ import time
 
 import pytest
 
-from gpuhc import actions as A
+from gpuhc import acting as A
+from gpuhc import contexts
+from gpuhc.contexts import pipeline
+from gpuhc.resume import consider_resume
 from gpuhc import config as C
 from gpuhc import policy as P
 from gpuhc.backends.slurm import JobView, NodeView, Slurm
@@ -184,7 +187,7 @@ def test_passes_from_before_the_current_drain_do_not_resume_it(tmp_path):
     slurm = FakeSlurm({"gpu-001": view(states=("IDLE", "DRAIN"), reason="gpuhc: REBOOT xid: Xid 79",
                                        reason_time=int(t0) + 1001)})
     latest = report(Severity.PASS, started=t0 + 1100, boot="b2")      # one pass, same boot as the drain
-    a = A.consider_resume(cfg, "gpu-001", slurm, latest=latest)
+    a = consider_resume(cfg, "gpu-001", slurm, latest=latest)
     assert a.kind != P.RESUME, "REBOOT drain resumed without a reboot, on one pass: %s" % a.why
 
 
@@ -228,10 +231,10 @@ def test_slow_slurm_before_the_checks_does_not_cost_the_drain(tmp_path, monkeypa
         holder["slurm"] = FakeSlurm({"gpu-001": view()}, deadline=deadline, comment_delay=1.5)
         return holder["slurm"]
 
-    monkeypatch.setattr(A, "slurm_backend", backend)
+    monkeypatch.setattr(pipeline, "slurm_backend", backend)
     env = {"SLURMD_NODENAME": "gpu-001", "SLURM_JOB_ID": "42", "SLURM_JOB_EXIT_CODE2": "1:0"}
     t0 = time.monotonic()
-    out = A.run_context(cfg, "epilog", node="gpu-001", simulate="h100-nvml-hang", env=env)
+    out = contexts.run(cfg, "epilog", node="gpu-001", simulate="h100-nvml-hang", env=env)
     wall = time.monotonic() - t0
     assert out.report.overall.unhealthy
     assert out.action.kind == P.DRAIN, "not drained: %s" % out.action.why
@@ -262,7 +265,7 @@ def test_monitor_does_not_overwrite_an_operators_comment():
 def test_resume_clears_only_gpuhcs_comment(comment, kept):
     views = {"gpu-001": view(states=("IDLE", "DRAIN"), reason="gpuhc: RESET pcie: x8", comment=comment)}
     slurm = FakeSlurm(views)
-    a = A._act(slurm, "gpu-001", P.Action(P.RESUME), views["gpu-001"])
+    a = A.carry_out(slurm, "gpu-001", P.Action(P.RESUME), views["gpu-001"])
     assert a.kind == P.RESUME and not views["gpu-001"].drained
     assert (views["gpu-001"].comment == comment) is kept
 

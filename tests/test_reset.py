@@ -131,8 +131,8 @@ class FakeSlurm:
     (FakeSlurm({"DOWN", "DRAIN"}), None),
 ])
 def test_no_reset_unless_slurm_shows_the_node_drained_and_idle(node, monkeypatch, fake, refused):
-    from gpuhc import actions
-    monkeypatch.setattr(actions, "slurm_backend", lambda cfg, deadline=None: fake)
+    from gpuhc import acting
+    monkeypatch.setattr(acting, "slurm_backend", lambda cfg, deadline=None: fake)
     cfg = dict(node.cfg, slurm=dict(node.cfg["slurm"], backend="cli"))
     rows = R.reset(cfg, node="gpu-020", wanted=["5"])
     if refused:

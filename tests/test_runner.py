@@ -4,6 +4,8 @@ import types
 
 import pytest
 
+from gpuhc.checks.meta import CheckMeta
+
 from gpuhc import checks as catalogue
 from gpuhc.errors import ConfigError
 from gpuhc.model import Severity
@@ -58,7 +60,8 @@ def test_budget_bounds_the_whole_run(run_scenario, tmp_path):
 def extra_checks(monkeypatch):
     def add(name, gather, evaluate, needs_gpu=False):
         mod = types.ModuleType("gpuhc.checks." + name)
-        mod.NAME, mod.NEEDS_GPU, mod.gather, mod.evaluate = name, needs_gpu, gather, evaluate
+        mod.NAME, mod.gather, mod.evaluate = name, gather, evaluate
+        mod.META = CheckMeta(description="test check " + name, suites=(), needs_gpu=needs_gpu)
         monkeypatch.setitem(sys.modules, mod.__name__, mod)
         monkeypatch.setitem(catalogue.CHECKS, name, name)
     return add
@@ -110,7 +113,7 @@ def test_driver_missing_maps_by_profile_expectation(run_scenario, tmp_path):
 def test_epilog_kills_leftover_gpu_processes_when_configured(make_cfg, monkeypatch):
     """A real process standing in for a job's leftover: the epilog kills it only when asked to."""
     import subprocess
-    from gpuhc import actions, session
+    from gpuhc import contexts, session
 
     victim = subprocess.Popen(["sleep", "60"])
     try:
@@ -124,17 +127,17 @@ def test_epilog_kills_leftover_gpu_processes_when_configured(make_cfg, monkeypat
 
         monkeypatch.setattr(session, "open_backends", with_leftover)
         cfg = make_cfg(simulate="h100-healthy", slurm={"backend": "none"})
-        out = actions.run_context(cfg, "epilog", node="gpu-001", env={"SLURM_JOB_ID": "5"})
+        out = contexts.run(cfg, "epilog", node="gpu-001", env={"SLURM_JOB_ID": "5"})
         assert victim.poll() is None                      # not configured: reported only
         assert any(f.check == "processes" and "leftover" in f.message for f in out.report.findings)
         cfg = make_cfg(simulate="h100-healthy", slurm={"backend": "none"}, epilog={"kill_leftover_processes": True})
         # the job's GPUs unknown and the process not of the job's user (root's): not a leftover
-        actions.run_context(cfg, "epilog", node="gpu-001", env={"SLURM_JOB_ID": "6", "SLURM_JOB_UID": "0"})
+        contexts.run(cfg, "epilog", node="gpu-001", env={"SLURM_JOB_ID": "6", "SLURM_JOB_UID": "0"})
         assert victim.poll() is None
         # another job's GPU: not touched
-        actions.run_context(cfg, "epilog", node="gpu-001", env={"SLURM_JOB_ID": "6", "SLURM_JOB_GPUS": "0,1"})
+        contexts.run(cfg, "epilog", node="gpu-001", env={"SLURM_JOB_ID": "6", "SLURM_JOB_GPUS": "0,1"})
         assert victim.poll() is None
-        out = actions.run_context(cfg, "epilog", node="gpu-001", env={"SLURM_JOB_ID": "6", "SLURM_JOB_GPUS": "2"})
+        out = contexts.run(cfg, "epilog", node="gpu-001", env={"SLURM_JOB_ID": "6", "SLURM_JOB_GPUS": "2"})
         assert victim.wait(timeout=5) == -9
         killed = [f for f in out.report.findings if "killed 1 leftover" in f.message]
         assert killed and killed[0].gpu.index == 2

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from gpuhc import actions
+from gpuhc import acting, contexts
 from gpuhc import policy as P
 from gpuhc.backends.slurm_cli import SlurmCli, SlurmError
 from gpuhc.backends.slurm_pyslurm import SlurmPyslurm, major_minor
@@ -275,7 +275,7 @@ def test_slurm_backend_choice(host, fake, make_cfg, capsys, choice, versions_mat
     if not versions_match:
         host.set_version("slurm-wlm 22.05.8")
     sys.modules.pop("pyslurm", None)
-    slurm = actions.slurm_backend(make_cfg(slurm={"backend": choice}), deadline=time.monotonic() + 5)
+    slurm = acting.slurm_backend(make_cfg(slurm={"backend": choice}), deadline=time.monotonic() + 5)
     assert (slurm.kind if slurm else None) == kind
     if kind == "cli":
         assert isinstance(slurm, SlurmCli)
@@ -289,7 +289,7 @@ def test_slurm_backend_choice(host, fake, make_cfg, capsys, choice, versions_mat
 
 
 def test_pyslurm_not_importable_falls_back_with_one_warning(host, no_pyslurm, make_cfg, capsys):
-    slurm = actions.slurm_backend(make_cfg(slurm={"backend": "pyslurm"}))
+    slurm = acting.slurm_backend(make_cfg(slurm={"backend": "pyslurm"}))
     assert isinstance(slurm, SlurmCli)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pyslurm" in err and "command-line tools" in err
@@ -299,7 +299,7 @@ def test_no_slurm_on_this_host_is_none_without_warning(fake, make_cfg, capsys, m
     monkeypatch.delenv("SLURM_CONF", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     for choice in ("cli", "pyslurm", "auto"):
-        assert actions.slurm_backend(make_cfg(slurm={"backend": choice})) is None
+        assert acting.slurm_backend(make_cfg(slurm={"backend": choice})) is None
     assert capsys.readouterr().err == ""
 
 
@@ -313,24 +313,24 @@ def _report(sev, node="gpu-001"):
 
 def test_unhealthy_report_drains_through_pyslurm(host, fake, make_cfg):
     cfg = make_cfg(slurm={"backend": "pyslurm"})
-    slurm = actions.slurm_backend(cfg, deadline=time.monotonic() + 5)
+    slurm = acting.slurm_backend(cfg, deadline=time.monotonic() + 5)
     assert slurm.kind == "pyslurm"
-    action = actions.decide_and_act(cfg, _report(Severity.REBOOT), slurm)
+    action = acting.decide_and_act(cfg, _report(Severity.REBOOT), slurm)
     assert action.kind == P.DRAIN and action.reason.startswith("gpuhc: REBOOT xid: Xid 79 on GPU3")
     rpc, names, fields = fake._controller.calls[-1]
     assert (rpc, names, fields["state"]) == ("slurm_update_node", "gpu-001", "DRAIN")
     assert fields["reason"] == action.reason
     assert slurm.node("gpu-001").drained
     # again: already drained by gpuhc for as much, the reason is kept
-    assert actions.decide_and_act(cfg, _report(Severity.REBOOT), slurm).kind == P.HELD
+    assert acting.decide_and_act(cfg, _report(Severity.REBOOT), slurm).kind == P.HELD
     # an administrator's drain is left alone
-    assert actions.decide_and_act(cfg, _report(Severity.REBOOT, "gpu-003"), slurm).kind == P.SKIP
+    assert acting.decide_and_act(cfg, _report(Severity.REBOOT, "gpu-003"), slurm).kind == P.SKIP
     assert len(fake._controller.calls) == 1
 
 
 def test_prolog_on_a_faulty_node_drains_through_pyslurm(host, fake, make_cfg):
     cfg = make_cfg(slurm={"backend": "pyslurm"})
-    out = actions.run_context(cfg, "prolog", node="gpu-001", simulate="h100-xid79", env={"SLURM_JOB_ID": "7"})
+    out = contexts.run(cfg, "prolog", node="gpu-001", simulate="h100-xid79", env={"SLURM_JOB_ID": "7"})
     assert out.exit_code == 1 and out.action.kind == P.DRAIN
     assert fake._controller.nodes["gpu-001"]["flags"] == {"DRAIN"}
     assert fake._controller.nodes["gpu-001"]["reason"].startswith("gpuhc: REBOOT xid:")

@@ -3,7 +3,7 @@
 A check module defines::
 
     NAME = "ecc"
-    NEEDS_GPU = True                  # skipped when the GPU library is unavailable or hung
+    META = CheckMeta(...)             # checks/meta.py: suites, contexts, exclusive, timeout, thresholds
     def gather(ctx) -> data           # backend calls only; bounded by the runner's timeout
     def evaluate(data, profile, config) -> [Finding]   # pure; tested on fixtures
 

@@ -6,9 +6,13 @@ from typing import Any, Dict, List
 from ..backends.gpu import clock_reason_names
 from ..model import Finding, GpuRef, Severity
 from .base import Context, by_uuid, gpu_findings, per_gpu
+from .meta import CheckMeta, LIGHTWEIGHT_SUITES
 
 NAME = "clocks"
-NEEDS_GPU = True
+META = CheckMeta(
+    description="hardware clock slowdown reasons (HW slowdown, HW thermal, power brake)",
+    suites=LIGHTWEIGHT_SUITES,
+)
 HARDWARE = ("hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown")
 SOFTWARE_THERMAL = ("sw_thermal_slowdown",)
 

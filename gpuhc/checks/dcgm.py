@@ -16,9 +16,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .. import dcgm as D
 from ..model import Finding, GpuRef, Severity
 from .base import Context, per_gpu
+from .meta import CheckMeta
 
 NAME = "dcgm"
-NEEDS_GPU = True
+META = CheckMeta(
+    description="NVIDIA DCGM active diagnostic (dcgmi diag), levels 3-4 only where the node is exclusive",
+    suites=("intensive", "dcgm"),
+)
 EXCLUSIVE_CONTEXTS = ("quarantine", "sweep")
 DEFAULT_FAIL = Severity.RESET          # a failure that carries no DCGM severity
 BY_DCGM_SEVERITY = {1: Severity.MONITOR, 2: Severity.ISOLATE, 3: Severity.RESET, 4: Severity.RESET,

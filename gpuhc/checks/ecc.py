@@ -7,9 +7,19 @@ from typing import Any, Dict, List
 
 from ..model import Finding, GpuRef, Severity
 from .base import Context, by_uuid, delta, gpu_findings, per_gpu, threshold
+from .meta import CheckMeta, LIGHTWEIGHT_SUITES, Threshold
 
 NAME = "ecc"
-NEEDS_GPU = True
+META = CheckMeta(
+    description="ECC mode, uncorrectable errors (volatile, SRAM, DRAM) and corrected-error growth",
+    suites=LIGHTWEIGHT_SUITES + ("epilog",),
+    thresholds={
+        "ecc_sram_uncorrected": Threshold(4, "NVIDIA GPU memory error management: aggregate SRAM uncorrectable errors above 4 call for an RMA (ISOLATE)"),
+        "ecc_dram_uncorrected": Threshold(64, "NVIDIA GPU memory error management: DRAM uncorrectable errors past what row remapping absorbs (ISOLATE; any is MONITOR)"),
+        "ecc_volatile_uncorrected": Threshold(0, "NVIDIA: an uncorrectable error since the last reset needs a GPU reset to clear (RESET above 0)"),
+        "ecc_corrected_growth": Threshold(1000, "gpuhc: corrected errors between two runs worth a MONITOR finding (a trend, not a fault)"),
+    },
+)
 
 
 def _corrected(ecc: Dict[str, Any]) -> Any:

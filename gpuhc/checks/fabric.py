@@ -7,9 +7,13 @@ from typing import Any, Dict, List
 from ..backends.gpu import FABRIC_COMPLETED, FABRIC_STATES
 from ..model import Finding, GpuRef, Severity
 from .base import Context, gpu_findings, per_gpu
+from .meta import CheckMeta, LIGHTWEIGHT_SUITES
 
 NAME = "fabric"
-NEEDS_GPU = True
+META = CheckMeta(
+    description="NVSwitch systems: fabric registration succeeded and nvidia-fabricmanager is active",
+    suites=LIGHTWEIGHT_SUITES,
+)
 SERVICE = "nvidia-fabricmanager"
 
 

@@ -5,9 +5,13 @@ from typing import Any, Dict, List
 
 from ..model import Finding, GpuRef, Severity
 from .base import Context, gpu_findings, per_gpu
+from .meta import CheckMeta, LIGHTWEIGHT_SUITES
 
 NAME = "gpu_config"
-NEEDS_GPU = True
+META = CheckMeta(
+    description="persistence mode, MIG mode as the profile expects, compute mode",
+    suites=LIGHTWEIGHT_SUITES,
+)
 
 
 def gather(ctx: Context) -> Dict[str, Any]:

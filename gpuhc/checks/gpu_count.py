@@ -7,9 +7,13 @@ from typing import Any, Dict, List
 
 from ..model import Finding, Severity
 from .base import Context
+from .meta import CheckMeta, LIGHTWEIGHT_SUITES
 
 NAME = "gpu_count"
-NEEDS_GPU = True
+META = CheckMeta(
+    description="GPUs NVML lists against the profile and the NVIDIA GPUs on PCI; which board sits where",
+    suites=LIGHTWEIGHT_SUITES + ("epilog",),
+)
 
 
 def gather(ctx: Context) -> Dict[str, Any]:

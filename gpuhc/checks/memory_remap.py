@@ -5,9 +5,16 @@ from typing import Any, Dict, List
 
 from ..model import Finding, GpuRef, Severity
 from .base import Context, gpu_findings, per_gpu, threshold
+from .meta import CheckMeta, LIGHTWEIGHT_SUITES, Threshold
 
 NAME = "memory_remap"
-NEEDS_GPU = True
+META = CheckMeta(
+    description="row remapping (Ampere and later) and page retirement (earlier GPUs)",
+    suites=LIGHTWEIGHT_SUITES + ("epilog",),
+    thresholds={
+        "retired_pages": Threshold(60, "NVIDIA dynamic page retirement: the table holds 64 pages; at 60 it is nearly full"),
+    },
+)
 
 
 def gather(ctx: Context) -> Dict[str, Any]:

@@ -25,9 +25,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..model import Finding, Severity
 from .base import Context, delta
+from .meta import CheckMeta, LIGHTWEIGHT_SUITES
 
 NAME = "network"
-NEEDS_GPU = False
+META = CheckMeta(
+    description="EFA devices and InfiniBand ports against the profile; what RDMA needs on the host",
+    suites=LIGHTWEIGHT_SUITES + ("epilog",),
+    needs_gpu=False,
+)
 SYS_IB = "/sys/class/infiniband"
 AMAZON_VENDOR = "0x1d0f"
 EFA_PREFIXES = ("rdmap", "efa")

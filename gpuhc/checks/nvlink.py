@@ -11,9 +11,19 @@ from typing import Any, Dict, List
 
 from ..model import Finding, GpuRef, Severity
 from .base import Context, by_uuid, delta, gpu_findings, per_gpu, threshold
+from .meta import CheckMeta, LIGHTWEIGHT_SUITES, Threshold
 
 NAME = "nvlink"
-NEEDS_GPU = True
+META = CheckMeta(
+    description="active NVLinks per GPU against the profile; link error counter growth",
+    suites=LIGHTWEIGHT_SUITES,
+    thresholds={
+        "nvlink_replay_growth": Threshold(1000, "gpuhc: NVLink replay growth between two runs worth a MONITOR finding"),
+        "nvlink_recovery_growth": Threshold(1, "gpuhc: any NVLink recovery between two runs is worth a MONITOR finding"),
+        "nvlink_crc_flit_growth": Threshold(1000, "gpuhc: NVLink flit CRC growth between two runs worth a MONITOR finding"),
+        "nvlink_crc_data_growth": Threshold(100, "gpuhc: NVLink data CRC growth between two runs worth a MONITOR finding"),
+    },
+)
 COUNTERS = ("replay", "recovery", "crc_flit", "crc_data")
 
 

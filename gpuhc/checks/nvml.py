@@ -7,9 +7,14 @@ from typing import List
 from ..backends.gpu import GpuError
 from ..model import Finding, GpuRef, Severity
 from .base import Context, Inventory, gpu_error_finding
+from .meta import CheckMeta
 
 NAME = "nvml"
-NEEDS_GPU = False
+META = CheckMeta(
+    description="the GPU library answers; the inventory every GPU check starts from",
+    suites=(),
+    needs_gpu=False,
+)
 
 
 def gather(ctx: Context) -> Inventory:

@@ -5,9 +5,17 @@ from typing import Any, Dict, List
 
 from ..model import Finding, GpuRef, Severity
 from .base import Context, by_uuid, delta, gpu_findings, per_gpu, threshold
+from .meta import CheckMeta, LIGHTWEIGHT_SUITES, Threshold
 
 NAME = "pcie"
-NEEDS_GPU = True
+META = CheckMeta(
+    description="PCIe link width and generation against the maximum; replay counter growth",
+    suites=LIGHTWEIGHT_SUITES,
+    thresholds={
+        "pcie_replay_growth": Threshold(100, "gpuhc: PCIe replays between two runs worth a MONITOR finding"),
+        "pcie_loaded_utilization": Threshold(50, "gpuhc: GPU busy share above which a lower link generation is not idle power saving"),
+    },
+)
 
 
 def gather(ctx: Context) -> Dict[str, Any]:

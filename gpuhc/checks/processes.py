@@ -8,9 +8,13 @@ from typing import Any, Dict, List
 
 from ..model import Finding, GpuRef, Severity
 from .base import Context, gpu_findings, per_gpu
+from .meta import CheckMeta, LIGHTWEIGHT_SUITES
 
 NAME = "processes"
-NEEDS_GPU = True
+META = CheckMeta(
+    description="compute processes on GPUs no job should be using",
+    suites=LIGHTWEIGHT_SUITES + ("epilog",),
+)
 # Contexts in which no job owns the GPUs: a process found then is a leftover.
 UNOWNED = ("prolog", "epilog", "sweep", "quarantine")
 

@@ -5,9 +5,18 @@ from typing import Any, Dict, List
 
 from ..model import Finding, GpuRef, Severity
 from .base import Context, gpu_findings, per_gpu, threshold
+from .meta import CheckMeta, LIGHTWEIGHT_SUITES, Threshold
 
 NAME = "thermal_power"
-NEEDS_GPU = True
+META = CheckMeta(
+    description="temperature against the GPU's slowdown/shutdown thresholds; power limit below default",
+    suites=LIGHTWEIGHT_SUITES,
+    thresholds={
+        "temperature_margin_c": Threshold(5, "gpuhc: MONITOR within this many degrees C of the GPU's own slowdown threshold (NVML)"),
+        "temperature_shutdown_margin_c": Threshold(3, "gpuhc: ISOLATE within this many degrees C of the GPU's shutdown threshold, past slowdown"),
+        "power_limit_ratio": Threshold(0.95, "gpuhc: MONITOR when the enforced power limit is below this share of the default limit"),
+    },
+)
 
 
 def gather(ctx: Context) -> Dict[str, Any]:

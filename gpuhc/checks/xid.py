@@ -21,9 +21,14 @@ from .. import xid as X
 from ..backends.gpu import GpuError, normalize_bus_id
 from ..model import Finding, Severity
 from .base import Context, state_file
+from .meta import CheckMeta, LIGHTWEIGHT_SUITES
 
 NAME = "xid"
-NEEDS_GPU = False
+META = CheckMeta(
+    description="Xid and SXid events in the kernel log, after NVIDIA's Xid catalog",
+    suites=LIGHTWEIGHT_SUITES + ("epilog",),
+    needs_gpu=False,
+)
 
 
 def acknowledge(state_dir: str, node: str, xid: Optional[int] = None, pci_bus_id: Optional[str] = None) -> int:

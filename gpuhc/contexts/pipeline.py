@@ -1,0 +1,130 @@
+"""The one pipeline every node-side context runs: the suite under one budget (checks, Slurm and
+the store together), then decide and act through Slurm, then record, then the lines Slurm's logs
+get. What differs between contexts is a NodeContext (one per module in this package)."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+from .. import config as C
+from .. import policy, session, syslogging
+from ..acting import decide_and_act, log, slurm_backend, time_left
+from ..backends.slurm import Slurm
+from ..model import Finding, Report, Severity
+
+
+@dataclass
+class Request:
+    """What the caller asked of this run (the command line, or Slurm's environment)."""
+    env: Dict[str, str]
+    node: Optional[str] = None
+    simulate: Optional[str] = None
+    suite: Optional[str] = None
+    checks: List[str] = field(default_factory=list)
+    record: bool = True
+
+
+@dataclass
+class Outcome:
+    report: Report
+    action: policy.Action
+    exit_code: int
+    detection: Any = None
+    run_ctx: Any = None                                  # the checks' Context (GPU backend, inventory)
+    lines: List[str] = field(default_factory=list)       # one per finding, then the outcome (Slurm's logs)
+    notes: List[str] = field(default_factory=list)       # warnings for stderr
+
+
+class NodeContext:
+    """What one context does differently; the defaults are the Slurm contexts'."""
+    name = ""
+    acts = True            # drains, comments or resumes through Slurm
+    to_syslog = True       # slurmd discards a prolog's output: its lines go to syslog too
+
+    def suite(self, cfg: Dict[str, Any], req: Request, slurm: Optional[Slurm]) -> str:
+        return req.suite or cfg["context_suites"].get(self.name, self.name)
+
+    def after_checks(self, cfg: Dict[str, Any], req: Request, run_ctx: Any, deadline: float) -> List[Finding]:
+        """Findings of a step that follows the checks (the epilog's clean-up)."""
+        return []
+
+    def owns(self, run_ctx: Any) -> Optional[Callable[[Any], bool]]:
+        """Which findings are this run's job's doing (the drain reason names only those)."""
+        return None
+
+    def decide(self, cfg: Dict[str, Any], report: Report, slurm: Optional[Slurm], deadline: float,
+               owns: Optional[Callable[[Any], bool]]) -> policy.Action:
+        return decide_and_act(cfg, report, slurm, deadline, owns)
+
+    def record(self, cfg: Dict[str, Any], report: Report, req: Request, deadline: float) -> List[str]:
+        """Record in the store within what is left of the budget (else the local spool takes it); a
+        failure is a warning, never a change of outcome."""
+        try:
+            from ..store import Store
+
+            Store.from_config(cfg).record(report, timeout=time_left(deadline))
+        except Exception as exc:     # the store bounds its own time; this guards against the rest
+            log("warning: result not recorded: %s" % exc)
+        return []
+
+    def exit_code(self, report: Report, action: policy.Action) -> int:
+        return 0
+
+
+def run(cfg: Dict[str, Any], context: NodeContext, node: Optional[str] = None, simulate: Optional[str] = None,
+        env: Optional[Dict[str, str]] = None, suite: Optional[str] = None, checks=(), record: bool = True) -> Outcome:
+    """One context on this node: checks, then drain/comment/resume, record, and the lines."""
+    req = Request(env=dict(os.environ if env is None else env), node=node, simulate=simulate, suite=suite,
+                  checks=list(checks), record=record)
+    deadline = time.monotonic() + C.budget(cfg, context.name)     # checks, Slurm and the store together
+    if context.to_syslog:
+        syslogging.until(deadline)
+    slurm = slurm_backend(cfg, deadline) if context.acts else None
+    chosen = None if req.checks else context.suite(cfg, req, slurm)
+    report, detection, run_ctx = session.run(
+        cfg, context.name, suite=chosen, checks=req.checks, node=req.node, simulate=req.simulate,
+        job_id=req.env.get("SLURM_JOB_ID"), job_gpus=job_gpus(req.env), deadline=deadline)
+    report.findings.extend(context.after_checks(cfg, req, run_ctx, C.checks_deadline(cfg, context.name, deadline)))
+    action = context.decide(cfg, report, slurm, deadline, context.owns(run_ctx))
+    if action.kind != policy.NONE:
+        report.action = action.kind
+    notes = context.record(cfg, report, req, deadline) if req.record else []
+    lines = finding_lines(report, action)
+    if context.to_syslog:
+        syslogging.send(lines, "LOG_WARNING" if report.overall.unhealthy else "LOG_INFO")
+    return Outcome(report, action, context.exit_code(report, action), detection, run_ctx, lines, notes)
+
+
+def job_gpus(env: Dict[str, str]) -> Optional[set]:
+    """The job's GPU ids on this node from SLURM_JOB_GPUS ("0,1,4" or "0-3,6"); None when unset or
+    unreadable (then every GPU counts as the job's)."""
+    raw = (env.get("SLURM_JOB_GPUS") or "").strip()
+    if not raw:
+        return None
+    out = set()
+    try:
+        for part in raw.split(","):
+            low, _, high = part.strip().partition("-")
+            out.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        return None
+    return out
+
+
+def finding_lines(report: Report, action: policy.Action) -> List[str]:
+    """What Slurm's logs get: one line per finding that is not a pass, then the outcome."""
+    out = []
+    for f in report.top_findings():
+        if f.severity in (Severity.PASS, Severity.SKIP):
+            continue
+        where = " " + f.where() if f.where() else ""
+        out.append("gpuhc %s %s %s%s: %s" % (report.context, f.severity.value, f.check, where, f.message))
+    tail = "gpuhc %s %s on %s" % (report.context, report.overall.value, report.node)
+    if report.job_id:
+        tail += " job %s" % report.job_id
+    if action.kind != policy.NONE or action.why not in ("healthy", ""):
+        tail += ": %s%s" % (action.kind, " (%s)" % action.why if action.why else "")
+    out.append(tail)
+    return out
