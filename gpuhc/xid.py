@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .backends.gpu import normalize_bus_id
+from .text import LINE_MAX, cut
 
 # On a MIG GPU the driver names the GPU instance (and compute instance) inside the parenthesis:
 # "NVRM: Xid (PCI:0000:47:00 GPU-I:01 GPU-CI:00): 95, ..." (kernel_rc.c, krcReportXid).
@@ -23,7 +24,10 @@ _EVENT = re.compile(
     r"(?: (?P<instance>GPU-I:\d+(?: GPU-CI:\d+)?))?\):"
     r"\s*(?P<xid>\d+)\s*(?:,\s*(?P<rest>.*))?$"
 )
-_PID = re.compile(r"pid\s*=\s*'?(?P<pid>\d+|<unknown>)'?\s*,\s*(?:name\s*=\s*(?P<name>[^,]*?)\s*,\s*)?")
+# Linear in the line: no two quantifiers here can match the same characters (a lazy ``[^,]*?``
+# between ``\s*`` on both sides made "name=" and thousands of spaces take minutes); the name's
+# spaces are stripped in Python.
+_PID = re.compile(r"pid\s*=\s*'?(?P<pid>\d+|<unknown>)'?\s*,\s*(?:name\s*=(?P<name>[^,]*),\s*)?")
 _SXID_SEV = re.compile(r"^(?P<sev>Fatal|Non-fatal)\s*,\s*", re.IGNORECASE)
 
 # Timestamp prefixes, tried in order; the first that matches the line's start names its time.
@@ -75,7 +79,8 @@ def _timestamp(line: str) -> Tuple[Optional[str], Optional[float], Optional[int]
 
 
 def parse_line(line: str, lineno: int = 0) -> Optional[XidEvent]:
-    """The Xid/SXid event of one kernel-log line, or None."""
+    """The Xid/SXid event of one kernel-log line (its first text.LINE_MAX characters), or None."""
+    line = cut(line)
     if "Xid" not in line:
         return None
     m = _EVENT.search(line.rstrip("\r\n"))
@@ -86,7 +91,7 @@ def parse_line(line: str, lineno: int = 0) -> Optional[XidEvent]:
     pm = _PID.match(rest)
     if pm:
         pid = int(pm.group("pid")) if pm.group("pid").isdigit() else None
-        raw = (pm.group("name") or "").strip("'")
+        raw = (pm.group("name") or "").strip().strip("'")
         name = raw if raw not in ("", "<unknown>") else None
         rest = rest[pm.end():]
     fatal = None
@@ -135,7 +140,8 @@ def parse(lines: Iterable[str], start_line: int = 1) -> List[XidEvent]:
 
 def scan(text: str, first_line: int = 1) -> List[XidEvent]:
     """Events of a whole log text. Finds 'Xid' with str.find (C speed) and parses only
-    the lines that hold it, counting newlines in between for line numbers."""
+    the lines that hold it (their first text.LINE_MAX characters), counting newlines in between
+    for line numbers. Linear in the text, whatever its lines hold."""
     out: List[XidEvent] = []
     last_sxid: Dict[str, XidEvent] = {}
     pos, line_no, counted_to = 0, first_line, 0
@@ -150,7 +156,7 @@ def scan(text: str, first_line: int = 1) -> List[XidEvent]:
             end = len(text)
         line_no += count("\n", counted_to, start)
         counted_to = start
-        ev = parse_line(text[start:end], line_no)
+        ev = parse_line(text[start:min(end, start + LINE_MAX)], line_no)
         if ev is not None:
             _add(out, ev, last_sxid)
         pos = end + 1

@@ -8,12 +8,15 @@ simulation implements them from a scenario file (backends/sim.py).
 """
 from __future__ import annotations
 
+import abc
 import errno
 import hashlib
 import os
 import re
+import signal
 import stat
 import subprocess
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -48,24 +51,28 @@ class CommandResult:
         return self.rc == 0 and not self.timed_out
 
 
-class Host:
-    """Host interface; subclasses implement the four primitives."""
+class Host(abc.ABC):
+    """The host interface the checks use (files, directories, commands, the kernel log), rooted so
+    tests can redirect it; subclasses (LocalHost, sim.SimHost) implement the four primitives."""
 
     kind = "base"
 
+    @abc.abstractmethod
     def read_text(self, path: str) -> Optional[str]:
-        raise NotImplementedError
+        """The file's text, or None when it does not exist or cannot be read."""
 
+    @abc.abstractmethod
     def listdir(self, path: str) -> List[str]:
-        raise NotImplementedError
+        """The names in a directory ([] when it does not exist)."""
 
+    @abc.abstractmethod
     def run(self, argv: Sequence[str], timeout: float) -> CommandResult:
-        raise NotImplementedError
+        """A command (argument list, never a shell) that is killed with its group at ``timeout``."""
 
+    @abc.abstractmethod
     def kernel_log_since(self, cursor: Optional[Dict[str, Any]]) -> LogChunk:
         """The kernel log of this boot after ``cursor`` (None: from the start); a log file source
         is read on from its cursor whatever the boot."""
-        raise NotImplementedError
 
     def boot_id(self) -> Optional[str]:
         text = self.read_text("/proc/sys/kernel/random/boot_id")
@@ -108,11 +115,11 @@ class LocalHost(Host):
         return os.path.join(self.root, path.lstrip("/"))
 
     def read_text(self, path: str) -> Optional[str]:
-        try:
-            with open(self._path(path), "r", errors="replace") as fh:
-                return fh.read()
-        except OSError:
-            return None
+        """A regular file's text (/proc and sysfs files are regular), None when it cannot be read,
+        is something else (a FIFO, a device: never opened to block or read for ever) or holds more
+        than READ_MAX bytes."""
+        data = read_regular(self._path(path), READ_MAX)
+        return data.decode("utf-8", "replace") if data is not None and len(data) <= READ_MAX else None
 
     def listdir(self, path: str) -> List[str]:
         try:
@@ -123,23 +130,29 @@ class LocalHost(Host):
     REAP_WAIT = 2.0     # after a kill: a process stuck in the kernel (D state) cannot die; do not wait on it
 
     def run(self, argv: Sequence[str], timeout: float) -> CommandResult:
+        """The command's exit status and output (each stream's first OUTPUT_MAX bytes). It runs in a
+        session and process group of its own: one given up at ``timeout`` is killed with every
+        process it started (a journalctl's pager, a dcgmi's helpers), none is left behind."""
         try:
             proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, errors="replace")
+                                    stderr=subprocess.PIPE, start_new_session=True)
         except FileNotFoundError:
             return CommandResult(127, "", "%s: command not found" % argv[0])
-        except OSError as exc:
+        except (OSError, ValueError) as exc:        # ValueError: a NUL byte in an argument
             return CommandResult(126, "", "%s: %s" % (argv[0], exc))
         try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            out, err, finished = _collect(proc, time.monotonic() + max(0.0, timeout), OUTPUT_MAX)
+        except BaseException:       # Ctrl-C, or an error of ours: the command does not outlive it
+            _kill_group(proc)
+            raise
+        if not finished:
+            _kill_group(proc)
             try:
-                out, _ = proc.communicate(timeout=self.REAP_WAIT)
+                proc.wait(timeout=self.REAP_WAIT)
             except subprocess.TimeoutExpired:
-                out = ""        # left behind: it dies, or is reaped, when the kernel lets it
-            return CommandResult(124, out or "", "%s: timed out after %gs" % (argv[0], timeout), True)
-        return CommandResult(proc.returncode, out, err)
+                pass            # left behind: it dies, or is reaped, when the kernel lets it
+            return CommandResult(124, _text(out), "%s: timed out after %gs" % (argv[0], timeout), True)
+        return CommandResult(proc.returncode, _text(out), _text(err))
 
     def kernel_log_since(self, cursor: Optional[Dict[str, Any]]) -> LogChunk:
         source = self.kernel_log_source
@@ -201,6 +214,90 @@ class LocalHost(Host):
 
 _MONO = re.compile(r"^\[\s*(\d+\.\d+)\]")
 
+# Limits on what is read (README "Limits"): a /proc or sysfs file (sysfs gives at most a page);
+# each output stream of a command (the rest is read and dropped, so the command is not blocked);
+# a log file's bytes read by one scan (the rest is read by the next scans: nothing is skipped).
+READ_MAX = 1 << 20
+OUTPUT_MAX = 32 << 20
+LOG_READ_MAX = 32 << 20
+
+
+def read_regular(path: str, limit: int) -> Optional[bytes]:
+    """At most ``limit + 1`` bytes of a regular file (the caller tells a file past its limit by
+    the extra byte); None when it cannot be opened or read or is not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except (OSError, ValueError):
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return _read_upto(fd, limit + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_upto(fd: int, size: int) -> bytes:
+    """Up to ``size`` bytes from ``fd``'s position (fewer at its end)."""
+    parts, left = [], size
+    while left > 0:
+        part = os.read(fd, min(left, 1 << 20))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def _collect(proc: "subprocess.Popen[bytes]", deadline: float, limit: int) -> Tuple[bytes, bytes, bool]:
+    """(stdout, stderr, whether the command ended) by ``deadline`` (time.monotonic()); each stream
+    kept to its first ``limit`` bytes. The command has ended when it exited and both streams are
+    closed (a child that keeps them open keeps it running)."""
+    import selectors
+
+    kept = {proc.stdout: bytearray(), proc.stderr: bytearray()}
+    with selectors.DefaultSelector() as sel:
+        for pipe in kept:
+            sel.register(pipe, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return bytes(kept[proc.stdout]), bytes(kept[proc.stderr]), False
+            for key, _ in sel.select(left):
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    key.fileobj.close()
+                    continue
+                buf = kept[key.fileobj]
+                if len(buf) < limit:
+                    buf += chunk[:limit - len(buf)]
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return bytes(kept[proc.stdout]), bytes(kept[proc.stderr]), False
+    return bytes(kept[proc.stdout]), bytes(kept[proc.stderr]), True
+
+
+def _kill_group(proc: "subprocess.Popen[bytes]") -> None:
+    """SIGKILL to the command's process group (its own: start_new_session), the command included."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:         # the group is gone; or not ours to signal: the command itself then
+        try:
+            proc.kill()
+        except OSError:
+            pass
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None and not pipe.closed:
+            pipe.close()
+
 
 def _read_kmsg_since(path: str, cursor: Optional[Dict[str, Any]]) -> Optional[LogChunk]:
     """Records of /dev/kmsg after the cursor's sequence number, without blocking; None when
@@ -213,9 +310,9 @@ def _read_kmsg_since(path: str, cursor: Optional[Dict[str, Any]]) -> Optional[Lo
     out: List[str] = []
     last = after
     last_usec = (cursor or {}).get("usec", 0) if after >= 0 else 0
-    lost, gaps = 0, []
+    lost, gaps, total = 0, [], 0
     try:
-        while True:
+        while total < LOG_READ_MAX:        # the ring buffer holds less; the next scan goes on from the cursor
             try:
                 rec = os.read(fd, 8192)
             except BlockingIOError:
@@ -226,9 +323,13 @@ def _read_kmsg_since(path: str, cursor: Optional[Dict[str, Any]]) -> Optional[Lo
                 break
             if not rec:
                 break
+            total += len(rec)
             head, _, msg = rec.decode("utf-8", "replace").partition(";")
             fields = head.split(",")
-            seq, usec = int(fields[1]), int(fields[2])
+            try:
+                seq, usec = int(fields[1]), int(fields[2])
+            except (IndexError, ValueError):
+                continue                        # not a record of /dev/kmsg's format
             if seq <= after:
                 continue
             if last >= 0 and seq > last + 1:       # a jump in sequence numbers: overwritten records
@@ -251,13 +352,17 @@ def _read_file_since(path: str, cursor: Optional[Dict[str, Any]]) -> LogChunk:
     """A saved or syslog file, from the cursor's byte offset; a rotated (new inode), truncated, or
     truncated and grown again (the bytes before the offset changed) file is read from its start.
     After a rotation, the lines the old file got after the cursor (it lives on as kern.log.1 or
-    kern.log-DATE) are read first, so nothing logged between the last scan and the rotation is lost."""
-    with open(path, "rb") as fh:
+    kern.log-DATE) are read first, so nothing logged between the last scan and the rotation is lost.
+    Only a regular file is read (OSError otherwise), at most LOG_READ_MAX bytes a scan: the next
+    scan goes on from there."""
+    with _open_regular(path) as fh:
         st = os.fstat(fh.fileno())
         offset, line = _file_resume(fh, st, cursor)
         fh.seek(offset)
-        data = fh.read()
-        end = data.rfind(b"\n") + 1        # a partial last line waits for the next scan
+        data = fh.read(LOG_READ_MAX)
+        end = data.rfind(b"\n") + 1        # a partial last line waits for the next scan...
+        if not end and len(data) == LOG_READ_MAX:
+            end = len(data)                 # ...unless it fills a whole scan: read on past it
         fh.seek(max(0, offset + end - _TAIL))
         tail = fh.read(min(_TAIL, offset + end))
     text = data[:end].decode("utf-8", "replace")
@@ -267,6 +372,19 @@ def _read_file_since(path: str, cursor: Optional[Dict[str, Any]]) -> LogChunk:
         first = cursor.get("line", 0) + 1 if cursor else 1
     return LogChunk(rest + text, {"source": "file", "inode": st.st_ino, "offset": offset + end,
                                   "tail": zlib.crc32(tail), "line": line + text.count("\n")}, first_line=first)
+
+
+def _open_regular(path: str) -> Any:
+    """A regular file opened for reading in binary; OSError for anything else (a FIFO is not
+    waited on, a device is not read for ever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 _PACKED = (".gz", ".xz", ".bz2", ".zst")
@@ -301,11 +419,11 @@ def _rotated_rest(path: str, cursor: Optional[Dict[str, Any]], current: int) -> 
             candidates.append((st.st_ino != cursor.get("inode"), full, st.st_ino))
     for _, full, inode in sorted(candidates):          # the renamed file first, then copies
         try:
-            with open(full, "rb") as fh:
+            with _open_regular(full) as fh:
                 at, _ = _file_resume(fh, os.fstat(fh.fileno()), dict(cursor, inode=inode))
                 if at != offset:
                     continue    # not the file the cursor was in
-                data = fh.read()
+                data = fh.read(LOG_READ_MAX)    # past that, what it got before the rotation is lost
         except OSError:
             continue
         text = data.decode("utf-8", "replace")
