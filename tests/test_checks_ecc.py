@@ -240,3 +240,32 @@ def test_corrected_growth_across_two_runs(run_scenario, tmp_path):
     assert by_gpu[2].metrics["corrected_growth"] == 5000 and "5000 corrected" in by_gpu[2].message
     assert by_gpu[3].severity.value == "PASS" and by_gpu[3].metrics["corrected_growth"] == 100
     assert by_gpu[0].metrics["corrected_growth"] == 0
+
+
+# -- lifetime uncorrectable errors ignored where NVML has no per-location counters ------------------
+# (from tests/test_checks_traps.py: an operator situation in which the lightweight checks let a bad
+# GPU through, found by a review: lifetime ECC totals without per-location counts)
+
+
+def _bad(findings, at_least="RESET"):
+    order = ["PASS", "MONITOR", "RESET", "REBOOT", "ISOLATE"]
+    return [(f.check, f.severity.value, f.message) for f in findings
+            if f.severity.value in order and order.index(f.severity.value) >= order.index(at_least)]
+
+
+def test_aggregate_uncorrectable_count_without_location_counters_is_not_within_limits():
+    """NVML answers N/A for the per-location aggregate counters (they need InfoROM ECC 2.0;
+    nvmlDeviceGetTotalEccErrors only needs 1.0) but gives the total: 500 uncorrectable errors over
+    the GPU's life. gpuhc must apply the DRAM limit to the total, not call it 'within limits'."""
+    value = {"enabled": True, "pending": True,
+             "volatile": {"corrected": 0, "uncorrected": 0},
+             "aggregate": {"corrected": 40000, "uncorrected": 500,
+                           "uncorrected_sram": None, "uncorrected_dram": None}}
+    out = E.evaluate({"gpus": [Entry(GpuRef(0, "GPU-0"), value)], "previous": {}}, None, C.defaults())
+    assert [f.severity.value for f in out] != ["PASS"], [(f.severity.value, f.message) for f in out]
+    assert _bad(out, "ISOLATE")
+    # a few: recorded (MONITOR), not drained, as for DRAM errors
+    value["aggregate"]["uncorrected"] = 3
+    out = E.evaluate({"gpus": [Entry(GpuRef(0, "GPU-0"), value)], "previous": {}}, None, C.defaults())
+    assert [(f.severity.value, f.message) for f in out] == [
+        ("MONITOR", "3 uncorrectable ECC error(s) over the GPU's life (limit 64)")]

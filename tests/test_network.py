@@ -237,3 +237,62 @@ def test_gather_reads_a_real_sysfs_tree(tmp_path):
 @pytest.mark.parametrize("suite", ["prolog", "epilog", "healthcheck", "lightweight"])
 def test_network_is_lightweight(suite):
     assert "network" in C.defaults()["suites"][suite]
+
+
+# -- InfiniBand storage ports counted as compute ports (from tests/test_checks_traps.py) ------------
+# Operator situations in which the lightweight checks drained a good node or let a bad GPU through
+# (found by a review): IB storage ports counted as compute rails.
+
+
+def _bad(findings, at_least="RESET"):
+    order = ["PASS", "MONITOR", "RESET", "REBOOT", "ISOLATE"]
+    return [(f.check, f.severity.value, f.message) for f in findings
+            if f.severity.value in order and order.index(f.severity.value) >= order.index(at_least)]
+
+
+def _ib_storage(tmp_path, storage_rate, down=()):
+    """DGX H100 with its two QSFP112 storage/in-band ConnectX-7 ports in InfiniBand mode (the
+    storage fabric of a SuperPOD runs at NDR200), beside the eight 400G compute ports. The tests
+    name the profile (`profile: dgx-h100`, as a DGX site does in config or by a Slurm node feature):
+    detected from the GPUs alone it would expect no InfiniBand layout."""
+    lines = ["extends: h100-healthy", "files:"]
+    for dev in ("mlx5_8", "mlx5_9"):
+        lines.append("  /sys/class/infiniband/%s/ports/1/link_layer: InfiniBand" % dev)
+        lines.append("  /sys/class/infiniband/%s/ports/1/rate: \"%d Gb/sec (4X NDR)\"" % (dev, storage_rate))
+        lines.append("  /sys/class/infiniband/%s/ports/1/counters/link_downed: \"0\"" % dev)
+    for dev in down:
+        lines.append("  /sys/class/infiniband/%s/ports/1/state: \"1: DOWN\"" % dev)
+        lines.append("  /sys/class/infiniband/%s/ports/1/phys_state: \"3: Disabled\"" % dev)
+    sc = tmp_path / "ib-storage.yaml"
+    sc.write_text("\n".join(lines) + "\n")
+    return str(sc)
+
+
+def test_infiniband_storage_ports_at_their_own_rate_do_not_drain(run_scenario, tmp_path):
+    """All eight compute ports ACTIVE at 400; the two storage ports ACTIVE at 200 on their own
+    fabric. profile ib=8 ib_rate=400 describes the compute ports: nothing is degraded."""
+    report = run_scenario(_ib_storage(tmp_path, 200), checks=["network"], profile="dgx-h100")
+    assert report.profile == "dgx-h100"
+    assert _bad(report.findings) == []
+
+
+def test_compute_port_down_is_not_hidden_by_storage_ports(run_scenario, tmp_path):
+    """Compute rail mlx5_3 is DOWN: 7 of the 8 compute ports the profile expects. The two
+    storage ports make 9 ACTIVE InfiniBand ports, which must not turn the lost rail into MONITOR."""
+    report = run_scenario(_ib_storage(tmp_path, 200, down=["mlx5_3"]), checks=["network"], profile="dgx-h100")
+    rail = [f for f in report.findings if f.device == "mlx5_3/1"]
+    assert rail and rail[0].severity.value == "RESET", [(f.severity.value, f.message) for f in rail]
+    # the storage ports are not blamed: the down rail explains the shortfall
+    assert not [f for f in report.findings if f.device in ("mlx5_8/1", "mlx5_9/1")]
+
+
+def test_compute_port_trained_slow_beside_storage_ports_is_reset(run_scenario, tmp_path):
+    """A compute rail trained at 200 beside the two 200 storage ports: 7 ports at 400 for the 8 the
+    profile expects, nothing down to explain it, so the slow ports are degraded links (RESET)."""
+    sc = _ib_storage(tmp_path, 200)
+    with open(sc, "a") as f:
+        f.write("  /sys/class/infiniband/mlx5_3/ports/1/rate: \"200 Gb/sec (4X NDR)\"\n")
+    report = run_scenario(sc, checks=["network"], profile="dgx-h100")
+    slow = sorted(f.device for f in report.findings if f.severity.value == "RESET")
+    assert slow == ["mlx5_3/1", "mlx5_8/1", "mlx5_9/1"], [(f.severity.value, f.message) for f in report.findings]
+    assert all("profile expects 8 ports at 400, 7 are" in f.message for f in report.findings if f.severity.value == "RESET")
