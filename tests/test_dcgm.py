@@ -312,3 +312,31 @@ def test_dcgm_config_is_validated(tmp_path):
         C.validate({"dcgm": {"overrides": {29: "PANIC"}}}, "c")
     with pytest.raises(ConfigError, match="dcgm: unknown key .levl."):
         C.validate({"dcgm": {"levl": 3}}, "c")
+
+
+# == A trap a fleet operator hit (from tests/test_xid_traps.py, found by a review) ===================
+
+# -- DCGM 4: a test that failed only in its summary -------------------------------------------
+
+def test_dcgm4_failure_reported_only_in_test_summary_is_not_a_pass():
+    """DCGM 4 writes an error that belongs to no GPU (entity NONE: the plugin could not run its
+    test, a system-level fault) only in the test's `test_summary`, while every per-GPU result of
+    that test says Pass. gpuhc read the summary only when a test had no per-GPU results, so the
+    failed diagnostic came out as "tests passed" on every GPU."""
+    doc = {"DCGM Diagnostic": {"test_categories": [{"category": "Hardware", "tests": [{
+        "name": "memory",
+        "results": [{"entity_group": "GPU", "entity_group_id": 1, "entity_id": i, "status": "Pass"} for i in range(8)],
+        "test_summary": {"status": "Fail", "warnings": [{
+            "warning": "Unable to create a CUDA context: CUDA_ERROR_OUT_OF_MEMORY", "error_id": 21,
+            "error_category": 6, "error_severity": 4}]}}]}]},
+        "metadata": {"version": "4.2.3", "Driver Version Detected": "570.148.08"}}
+    out = evaluate(json.dumps(doc), rc=226)
+    assert verdicts(out) == [("RESET", "dcgm")]
+    bad = [f for f in out if f.severity.value == "RESET"][0]
+    assert bad.message.startswith("memory failed: Unable to create a CUDA context") and bad.metrics["error_id"] == 21
+    # a summary that only repeats a GPU's failure adds nothing of its own
+    doc["DCGM Diagnostic"]["test_categories"][0]["tests"][0]["results"][3].update(
+        status="Fail", warnings=[{"warning": "A memory mismatch was detected on GPU 3", "error_id": 58,
+                                  "error_category": 10, "error_severity": 2}])
+    doc["DCGM Diagnostic"]["test_categories"][0]["tests"][0]["test_summary"] = {"status": "Fail"}
+    assert verdicts(evaluate(json.dumps(doc), rc=205)) == [("ISOLATE", 3)]
