@@ -27,6 +27,7 @@ from .errors import GpuhcError
 from .hostlist import expand, fold
 from .model import Finding, Report, Severity, overall_severity
 from .store import Store, atomic_write
+from .text import clean
 
 log = logging.getLogger("gpuhc.export")
 
@@ -34,6 +35,7 @@ SEVERITY_HELP = "SKIP -2, ERROR -1, PASS 0, MONITOR 1, RESET 2, REBOOT 3, ISOLAT
 _BAD = re.compile(r"[^a-zA-Z0-9_]+")
 
 def _escape(value: str) -> str:
+    value = clean(value)        # one line of plain characters, bounded (the one sanitiser)
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 

@@ -5,12 +5,15 @@ from collections import OrderedDict
 from typing import Any, List, Sequence
 
 from .model import Finding, Report, Severity
+from .text import clean
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    """A plain table; every text cell through text.clean (one line, bounded), whatever it holds."""
     from tabulate import tabulate
 
-    return tabulate(rows, headers=headers, tablefmt="plain", disable_numparse=True)
+    rows = [[clean(c) if isinstance(c, str) else c for c in row] for row in rows]
+    return tabulate(rows, headers=[clean(h) for h in headers], tablefmt="plain", disable_numparse=True)
 
 
 def finding_rows(findings: List[Finding], show_all: bool) -> List[List[str]]:
@@ -41,7 +44,7 @@ def report_text(report: Report, detection: Any, show_all: bool = False) -> str:
     lines = [table(rows, ["SEVERITY", "CHECK", "WHERE", "MESSAGE"]), ""]
     todo = remedies(report.top_findings())
     if todo:
-        lines += ["What to do:"] + ["  %s" % line for line in todo] + [""]
+        lines += ["What to do:"] + ["  %s" % clean(line) for line in todo] + [""]
     lines.append("%s: %s  profile %s%s  suite %s  %.2fs" % (report.node, report.overall.value, report.profile, how,
                                                             report.suite, report.ended - report.started))
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .backends.slurm import NodeView
 from .model import Finding, Report, Severity
+from .text import clean
 
 PREFIX = "gpuhc:"
 REASON_MAX = 200
@@ -89,7 +90,7 @@ def drain_reason(report: Report, owns: Optional[Callable[[Finding], bool]] = Non
         tail += " job %s" % report.job_id
     if len(text) + len(tail) > REASON_MAX:
         text = text[:REASON_MAX - len(tail) - 3] + "..."
-    return (text + tail).replace("\n", " ")
+    return clean(text + tail)
 
 
 def reason_severity(reason: str) -> Optional[Severity]:
@@ -189,7 +190,7 @@ def comment_is_ours(view: NodeView) -> bool:
 
 
 def _short(f: Optional[Finding]) -> str:
-    return _describe(f)[:REASON_MAX] if f is not None else ""
+    return clean(_describe(f), REASON_MAX) if f is not None else ""
 
 
 def suite_depth(cfg: Dict[str, Any], suite: Optional[str]) -> int:

@@ -11,6 +11,7 @@ import time
 from typing import Iterable, Optional
 
 from .bounded import Overtime, call_within
+from .text import clean
 
 WAIT = 1.0
 _deadline: Optional[float] = None
@@ -26,7 +27,7 @@ def until(deadline: Optional[float]) -> None:
 def send(lines: Iterable[str], priority: str = "LOG_INFO") -> None:
     """Each line at ``priority`` (a name of the syslog module: LOG_INFO, LOG_WARNING, LOG_ERR)."""
     global _stuck
-    lines = list(lines)
+    lines = [clean(line) for line in lines]     # one line each, bounded: a NUL made syslog() raise
     if _stuck or not lines:
         return
 

@@ -9,7 +9,8 @@ Out: ``clean``, the one sanitiser of everything gpuhc hands to something that sh
 as lines: drain reasons and node comments (Slurm, ``sinfo -R``), syslog, tables, Prometheus label
 values. Control characters (C0 with tab, CR and LF; DEL; C1), Unicode line and paragraph
 separators, characters that reorder text on display (bidi controls) and lone surrogates become a
-space (U+FFFD for a surrogate); the result is cut to ``limit`` characters, ``...`` marking the cut.
+space (U+FFFD for a surrogate); the result is cut to ``limit`` characters (OUT_MAX unless told),
+``...`` marking the cut.
 Linear in its input (``str.translate``).
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 LINE_MAX = 4096         # characters of one parsed line (kernel log, command output) that are read
+OUT_MAX = 1024          # characters of one line or table cell gpuhc writes (a drain reason: policy.REASON_MAX)
 
 _SPACE = " "
 _TABLE: Dict[int, str] = {c: _SPACE for c in list(range(0x00, 0x20)) + list(range(0x7F, 0xA0))}
@@ -30,7 +32,7 @@ def cut(line: str, limit: int = LINE_MAX) -> str:
     return line if len(line) <= limit else line[:limit]
 
 
-def clean(text: Any, limit: Optional[int] = None) -> str:
+def clean(text: Any, limit: Optional[int] = OUT_MAX) -> str:
     """``text`` (str() of anything else) as one line of plain characters, at most ``limit`` long."""
     text = text if isinstance(text, str) else str(text)
     if limit is not None and len(text) > limit:

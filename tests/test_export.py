@@ -87,7 +87,8 @@ def test_labels_are_escaped_and_duplicates_keep_the_most_severe(stored):
     assert links == {(("device", ""), ("gpu", "0"), ("node", 'odd"node')): 3.0}
     assert samples(fams, "gpuhc_metric_nvlink_ratio")[(("device", ""), ("gpu", "0"), ("node", 'odd"node'))] == 0.5
     up = samples(fams, "gpuhc_metric_fabric_up")
-    assert list(up) == [(("device", 'nvswitch "0"\\a\nb'), ("gpu", ""), ("node", 'odd"node'))]
+    # a newline (any control character) in a label value is a space: text.clean, the one sanitiser
+    assert list(up) == [(("device", 'nvswitch "0"\\a b'), ("gpu", ""), ("node", 'odd"node'))]
     checks = samples(fams, "gpuhc_check_severity")
     assert checks[(("check", "fabric"), ("node", 'odd"node'))] == -2      # SKIP
     assert checks[(("check", "ecc"), ("node", 'odd"node'))] == -1         # ERROR

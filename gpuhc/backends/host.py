@@ -452,7 +452,9 @@ def since_line(text: str, cursor: Optional[Dict[str, Any]], source: str) -> LogC
     last line already seen, found by its checksum (a full ring buffer drops old lines, so the
     line count alone would skip new ones); when that line is gone, the lines with a later
     ``[sec.usec]`` timestamp are new (all lines when the log has no timestamps)."""
-    lines = text.splitlines()
+    lines = text.split("\n")        # newlines only, as the Xid scan counts lines (not \r, \x1c, U+2028...)
+    if lines and not lines[-1]:
+        lines.pop()
     prev = cursor if cursor and cursor.get("source") == source else {}
     start = _resume_index(lines, prev)
     new = lines[start:]
