@@ -2,7 +2,8 @@
 PLANNED nodes, prologs of one job failing together past the breaker, resume evidence from another
 drain, dry_run, operators' comments, unknown boot ids, and time spent before the checks.
 
-Pure tests on policy/actions with fakes; no real Slurm, no subprocess."""
+Tests of gpuhc/acting.py (and the policy decisions it carries out, and resume.py) with a fake
+Slurm backend; no real Slurm, no subprocess. (Was test_policy_traps.py.)"""
 import threading
 import time
 

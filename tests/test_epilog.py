@@ -1,6 +1,6 @@
 """Traps of the epilog path a review found: what it attributes to a job, how it routes by exit
 status, what a GPU reset clears and what it kills. Each test states the operator scenario it stands
-for; all run on a simulated node (no Slurm, no GPU)."""
+for; all run on a simulated node (no Slurm, no GPU). Tests gpuhc/contexts/epilog.py (was test_epilog_traps.py)."""
 import os
 import subprocess
 import sys
@@ -62,7 +62,7 @@ def test_epilog_drain_reason_does_not_blame_a_job_for_another_jobs_gpu(cfg, tmp_
     """Shared node: job 43 had GPUs 0,1 (SLURM_JOB_GPUS); job 42 on GPU3 is still running when
     GPU3 falls off the bus. Job 43's epilog sees the Xid first and drains the node (right), but the
     drain reason must not end with 'job 43': job 43 did not break GPU3."""
-    from test_policy_traps import FakeSlurm, view
+    from test_acting import FakeSlurm, view
 
     sc = tmp_path / "node.yaml"
     x79 = "  - '[ 50.0] NVRM: Xid (PCI:0000:5d:00): 79, pid=777, name=python, GPU has fallen off the bus.'\n"
