@@ -243,8 +243,8 @@ def test_corrected_growth_across_two_runs(run_scenario, tmp_path):
 
 
 # -- lifetime uncorrectable errors ignored where NVML has no per-location counters ------------------
-# (from tests/test_checks_traps.py: an operator situation in which the lightweight checks let a bad
-# GPU through, found by a review: lifetime ECC totals without per-location counts)
+# An operator situation in which the lightweight checks let a bad GPU through (found by a review):
+# lifetime ECC totals without per-location counts.
 
 
 def _bad(findings, at_least="RESET"):

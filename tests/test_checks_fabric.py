@@ -156,7 +156,7 @@ def test_through_the_runner(run_scenario):
     assert [(f.severity.value, f.message) for f in service] == [("RESET", "nvidia-fabricmanager is failed")]
 
 
-# -- PCIe / NVL boards auto-detected as the SXM NVSwitch profile (from tests/test_checks_traps.py) --
+# -- PCIe / NVL boards auto-detected as the SXM NVSwitch profile -----------------------------------
 # An operator situation in which the lightweight checks drained a good node (found by a review):
 # PCIe/NVL boards taken for an NVSwitch system. It spans the checks such a profile gets wrong
 # (nvlink, fabric, network); the NVSwitch expectation is this check's.

@@ -1,6 +1,6 @@
 """pcie: link generation and width against the GPU's and the profile's, replay counter growth.
 Operator situations in which the lightweight checks drained a good node or let a bad GPU through
-(found by a review, from tests/test_checks_traps.py): counters compared across a reboot, and a
+(found by a review): counters compared across a reboot, and a
 threshold compared with >= where it says "above"."""
 
 from gpuhc import config as C

@@ -1,5 +1,8 @@
 """processes: leftover compute processes in the prolog and epilog, and on a node shared by
-several jobs only on the GPUs of the job the context runs for (SLURM_JOB_GPUS)."""
+several jobs only on the GPUs of the job the context runs for (SLURM_JOB_GPUS).
+Scenarios through the runner, then pure evaluate on hand-built entries (MONITOR for a leftover
+where no job owns the GPU, PASS for another job's GPU or while a job may run, a GPU error mapped
+once), then gather on simulated nodes."""
 import pytest
 
 from gpuhc import config as C

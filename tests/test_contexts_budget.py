@@ -91,7 +91,7 @@ def test_hung_gpu_and_hung_slurm_together_stay_within_budget(tmp_path):
     assert "REBOOT" in res.stdout
 
 
-# == Hangs a review found on the prolog and epilog paths (from tests/test_hang_traps.py) ==============
+# == Hangs a review found on the prolog and epilog paths ============================================
 # Calls that could block without bound where `timeouts.budget` did not protect the run (syslog()
 # after the checks, the epilog's clean-up asking a hung GPU, the wrapper's logger, config.yaml or
 # instance-profiles.conf on a hung mount). Each test stands for an operator's situation and

@@ -314,7 +314,7 @@ def test_dcgm_config_is_validated(tmp_path):
         C.validate({"dcgm": {"levl": 3}}, "c")
 
 
-# == A trap a fleet operator hit (from tests/test_xid_traps.py, found by a review) ===================
+# == A trap a fleet operator hit (found by a review) ================================================
 
 # -- DCGM 4: a test that failed only in its summary -------------------------------------------
 

@@ -239,7 +239,7 @@ def test_network_is_lightweight(suite):
     assert "network" in C.defaults()["suites"][suite]
 
 
-# -- InfiniBand storage ports counted as compute ports (from tests/test_checks_traps.py) ------------
+# -- InfiniBand storage ports counted as compute ports ---------------------------------------------
 # Operator situations in which the lightweight checks drained a good node or let a bad GPU through
 # (found by a review): IB storage ports counted as compute rails.
 

@@ -336,7 +336,7 @@ def test_switching_scenarios_on_one_node_reads_the_new_log(tmp_path, make_cfg):
         assert {f.severity.value for f in report.findings if f.check == "xid"} == {want}, name
 
 
-# == Traps a fleet operator hit (from tests/test_xid_traps.py) =====================================
+# == Traps a fleet operator hit =====================================================================
 # Kernel-log Xid traps (found by a review), each test failed before its fix: MIG-attributed Xid
 # lines, repeats that were not folded, line numbers of `gpuhc xid` on console captures, RFC 5424
 # syslog dates, a new Xid 154 recovery-action text, and the words of "What to do".
