@@ -170,13 +170,19 @@ def _words(text: str) -> set:
     return set(re.split(r"[^a-z0-9]+", text.lower()))
 
 
+def model_matches(model: str, gpu_name: str) -> bool:
+    """Whether the GPU name is of this model: every word of the model is a word of the name
+    (case-insensitive), so "L4" is not an "NVIDIA L40S", "B200" not a "GB200", "A10" not an "A100"."""
+    want = _words(model) - {""}
+    return bool(want) and want <= _words(gpu_name)
+
+
 def match_gpus(profiles: Dict[str, Profile], gpu_name: str, count: int) -> Optional[Profile]:
     """The first auto profile whose model is in the GPU name and whose count matches, where the
     model names the board's form factor (PCIe, NVL) whenever the GPU name does."""
-    low = gpu_name.lower()
     forms = _words(gpu_name) & set(FORM_FACTORS)
     for profile in profiles.values():
-        if not (profile.auto and profile.model and profile.model.lower() in low and profile.gpus == count):
+        if not (profile.auto and profile.model and model_matches(profile.model, gpu_name) and profile.gpus == count):
             continue
         if forms <= _words(profile.model):
             return profile

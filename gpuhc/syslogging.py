@@ -3,7 +3,7 @@ errors go, since slurmd discards a prolog's output.
 
 syslog() is a blocking send to /dev/log: it waits as long as the syslog daemon does not read (an
 rsyslog whose forwarding queue is full), and takes microseconds when the daemon does. So a send
-waits at most WAIT seconds and never past the run's deadline (``until``), but 0.1 s; after one
+waits at most WAIT seconds and never past the run's deadline (``until``); after one
 send that did not return, later ones are not attempted."""
 from __future__ import annotations
 
@@ -38,7 +38,9 @@ def send(lines: Iterable[str], priority: str = "LOG_INFO") -> None:
         for line in lines:
             syslog.syslog(getattr(syslog, priority), line)
 
-    wait = WAIT if _deadline is None else max(0.1, min(WAIT, _deadline - time.monotonic()))
+    wait = WAIT if _deadline is None else min(WAIT, _deadline - time.monotonic())
+    if wait < 0.01:         # the run's budget is spent: the process must end inside it
+        return
     try:
         call_within(run, wait, "gpuhc-syslog")
     except Overtime:

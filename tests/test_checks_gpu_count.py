@@ -90,9 +90,6 @@ def test_the_profiles_model_in_the_gpu_name_passes(model, name):
     assert [f.severity.value for f in evaluate(data(names=[name] * 8), profile)] == ["PASS"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug in checks/gpu_count.py: the profile's model is matched as a substring of "
-                   "the GPU name, so a model whose name is part of another model's (L4 in L40S, B200 in GB200, "
-                   "H200 in GH200) is taken for it and a wrong profile goes unnoticed")
 @pytest.mark.parametrize("model,name", [("L4", "NVIDIA L40S"), ("L4", "NVIDIA L40"), ("B200", "NVIDIA GB200"),
                                         ("H200", "NVIDIA GH200 480GB"), ("A10", "NVIDIA A100 80GB PCIe")])
 def test_a_model_whose_name_is_part_of_another_models_is_not_that_model(model, name):

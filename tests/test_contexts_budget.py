@@ -226,3 +226,24 @@ def test_config_or_profiles_on_a_hung_mount_is_an_error_not_a_hung_prolog(tmp_pa
     assert wall < BUDGET + SLACK, wall
     assert res.returncode == 2, res.stdout + res.stderr
     assert str(hung) in res.stderr and "no answer within 1 s" in res.stderr, res.stderr
+
+
+# -- the budget is a wall, from exec to exit (issue 18) -------------------------------------------
+
+def test_hung_gpu_hung_sinfo_and_hung_scontrol_end_inside_the_budget_from_exec_to_exit(tmp_path):
+    """NVML hangs, and sinfo and scontrol hang too, with profile detection asking Slurm for the node's
+    features: the whole process, from exec (interpreter start, imports, config load) to exit, ends
+    inside timeouts.budget.prolog. It overran by 0.11-0.31 s: the deadline started after the
+    interpreter and config load, detection's sinfo took its own 2 s inside the checks' share, and
+    the syslog send and store write each had a 0.1 s floor past the deadline."""
+    env, calls = fake_slurm(tmp_path, "s*")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("slurm_features: false", "slurm_features: true"))
+    walls = []
+    for _ in range(3):
+        t0 = time.monotonic()
+        res = gpuhc("prolog", "--simulate", "h100-nvml-hang", env=env, timeout=30)
+        walls.append(time.monotonic() - t0)
+        assert "REBOOT" in res.stdout, res.stdout + res.stderr
+    assert any(c.startswith("sinfo") for c in calls_of(calls)), "detection asked Slurm"
+    assert max(walls) < 4.0, walls          # budget 4 s, nothing added

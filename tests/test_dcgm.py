@@ -217,6 +217,15 @@ class ScriptedHost(Host):
         assert " ".join(argv) == expected
         return result
 
+    def read_text(self, path):          # the dcgm check reads no file, lists no directory, no log
+        raise AssertionError("dcgm read %s" % path)
+
+    def listdir(self, path):
+        raise AssertionError("dcgm listed %s" % path)
+
+    def kernel_log_since(self, cursor):
+        raise AssertionError("dcgm read the kernel log")
+
 
 class ModesGpu:
     def __init__(self, mig_on=()):

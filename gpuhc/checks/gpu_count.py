@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ..model import Finding, Severity
+from ..profiles import model_matches
 from .base import Context
 from .meta import CheckMeta, LIGHTWEIGHT_SUITES
 
@@ -52,7 +53,7 @@ def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
         out.append(Finding(NAME, Severity.MONITOR, "NVML lists %d GPUs, profile %s expects %d: is the profile right?"
                            % (count, profile.name, expected)))
     if profile is not None and profile.model:
-        wrong = sorted({n for n in data["names"] if n and profile.model.lower() not in n.lower()})
+        wrong = sorted({n for n in data["names"] if n and not model_matches(profile.model, n)})
         if wrong:
             out.append(Finding(NAME, Severity.MONITOR, "GPU model %s is not the profile's %s" % (", ".join(wrong), profile.model),
                                remediation="check the instance profile for this node"))

@@ -78,7 +78,9 @@ def run(cfg: Dict[str, Any], context: NodeContext, node: Optional[str] = None, s
     """One context on this node: checks, then drain/comment/resume, record, and the lines."""
     req = Request(env=dict(os.environ if env is None else env), node=node, simulate=simulate, suite=suite,
                   checks=list(checks), record=record)
-    deadline = time.monotonic() + C.budget(cfg, context.name)     # checks, Slurm and the store together
+    # checks, Slurm and the store together, counted from the process's exec (interpreter start,
+    # imports and config load are inside the budget, as slurmd counts them)
+    deadline = process_started() + C.budget(cfg, context.name)
     if context.to_syslog:
         syslogging.until(deadline)
     slurm = slurm_backend(cfg, deadline) if context.acts else None
@@ -95,6 +97,25 @@ def run(cfg: Dict[str, Any], context: NodeContext, node: Optional[str] = None, s
     if context.to_syslog:
         syslogging.send(lines, "LOG_WARNING" if report.overall.unhealthy else "LOG_INFO")
     return Outcome(report, action, context.exit_code(report, action), detection, run_ctx, lines, notes)
+
+
+STARTUP_MAX = 5.0      # seconds: older than this, the pipeline runs inside a longer-lived process
+
+
+def process_started() -> float:
+    """time.monotonic() when this process was started (/proc/self/stat starttime against
+    CLOCK_BOOTTIME, 10 ms resolution), so a budget covers the whole process from exec to exit;
+    now where that cannot be read or the process is older than STARTUP_MAX (a test, a job step
+    that runs the pipeline itself)."""
+    now = time.monotonic()
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            fields = fh.read(4096).rsplit(b")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")        # field 22: starttime, in ticks
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - started
+    except (OSError, ValueError, IndexError, AttributeError):
+        return now
+    return now - age if 0.0 <= age < STARTUP_MAX else now
 
 
 def job_gpus(env: Dict[str, str]) -> Optional[set]:
