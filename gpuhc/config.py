@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import stat
 from typing import Any, Dict, Optional
 
 from . import checks as registry
@@ -173,6 +174,75 @@ def validate(data: Any, source: str = "config") -> Dict[str, Any]:
     return cfg
 
 
+PATH_MAX = 4096         # bytes of a path, its final NUL included (Linux); a name at most NAME_MAX
+NAME_MAX = 255
+# File systems on which a stat cannot hang (not network, not FUSE): a path set in the config is
+# looked at (is it a directory? a regular file?) only when its mount is one of these.
+LOCAL_FS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlay", "zfs", "f2fs", "vfat", "ramfs",
+            "jfs", "reiserfs", "bcachefs", "devtmpfs"}
+
+
+def _mounts() -> Dict[str, str]:
+    """Mount point -> file system type, from /proc/self/mountinfo (which never hangs); {} when it
+    cannot be read."""
+    out: Dict[str, str] = {}
+    try:
+        with open("/proc/self/mountinfo", "rb") as fh:
+            text = fh.read(1 << 20).decode("utf-8", "replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        head, sep, tail = line.partition(" - ")
+        fields = head.split()
+        if sep and len(fields) >= 5 and tail.split():
+            point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
+            out[point.replace("\\134", "\\")] = tail.split()[0]
+    return out
+
+
+def _mount_type(path: str, mounts: Dict[str, str]) -> Optional[str]:
+    """The file system type of the mount that holds ``path`` (an absolute, normalised path)."""
+    best = max((p for p in mounts if path == p or path.startswith(p.rstrip("/") + "/")), key=len, default=None)
+    return mounts.get(best) if best is not None else None
+
+
+def _path_problem(path: str, want: str) -> Optional[str]:
+    """Why ``path`` cannot work as a ``want`` ("directory" or "file"), or None. On disk, each part
+    of the path is looked at (lstat) only while it is on a local file system and not a symbolic
+    link: nothing here can hang on a network or FUSE mount (a hung store is the store's business)."""
+    if "\0" in path:
+        return "a path holds no NUL byte, got %r" % path
+    raw = path.encode("utf-8", "surrogateescape")
+    if len(raw) >= PATH_MAX:
+        return "a path is shorter than %d bytes, got one of %d" % (PATH_MAX, len(raw))
+    if any(len(part) > NAME_MAX for part in raw.split(b"/")):
+        return "a name in a path is at most %d bytes, %r has a longer one" % (NAME_MAX, path[:60] + "...")
+    norm = os.path.normpath(path)
+    for pseudo in ("/proc", "/sys"):
+        if norm == pseudo or norm.startswith(pseudo + "/"):
+            return "%r is under %s, the kernel's own file system: nothing can be kept there" % (path, pseudo)
+    mounts, parts, at = _mounts(), [p for p in norm.split("/") if p], ""
+    for n, part in enumerate(parts):
+        at += "/" + part
+        if _mount_type(at, mounts) not in LOCAL_FS:
+            return None
+        try:
+            st = os.lstat(at)
+        except FileNotFoundError:
+            return None                 # made when first needed
+        except OSError as exc:
+            return "%r cannot be used: %s" % (path, exc.strerror or exc)
+        if stat.S_ISLNK(st.st_mode):
+            return None                 # where it leads is not looked at
+        if n < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
+            return "%r cannot be used: %r is not a directory" % (path, at)
+    if want == "directory" and parts and not stat.S_ISDIR(st.st_mode):
+        return "%r exists and is not a directory" % path
+    if want == "file" and (not parts or not stat.S_ISREG(st.st_mode)):
+        return "%r is not a regular file" % path
+    return None
+
+
 def _check_meaning(cfg: Dict[str, Any], data: Dict[str, Any], source: str) -> None:
     """What the types cannot say: names that must exist, numbers in range. Only what the file
     set is blamed (the defaults are right)."""
@@ -182,6 +252,13 @@ def _check_meaning(cfg: Dict[str, Any], data: Dict[str, Any], source: str) -> No
     for key in ("store", "state_dir"):
         if not os.path.isabs(cfg[key]):
             raise fail(key, "expected an absolute path (Slurm runs gpuhc from another directory), got %r" % cfg[key])
+    for key, want in (("store", "directory"), ("state_dir", "directory"), ("profiles", "file"), ("simulate", "file"),
+                      ("kernel_log", "file")):
+        value = data.get(key)
+        if isinstance(value, str) and (value.startswith("/") or "\0" in value):   # a path, not a name
+            problem = _path_problem(value, want)
+            if problem:
+                raise fail(key, problem)
     for section in ("overrides", "sxid_overrides"):
         seen: Dict[int, Any] = {}
         for key in cfg["xid"][section]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from .errors import ProfileError
+from .text import LINE_MAX
 from .yamlio import read_text
 
 PACKAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "instance-profiles.conf")
@@ -109,6 +110,8 @@ def parse(text: str, path: str = "<string>") -> Dict[str, Profile]:
     names: Dict[str, str] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         where = "%s:%d" % (path, lineno)
+        if len(raw) > LINE_MAX:         # shlex takes microseconds a character: bounded work per line
+            raise ProfileError("%s: line longer than %d characters" % (where, LINE_MAX))
         try:
             tokens = shlex.split(raw, comments=True)
         except ValueError as exc:

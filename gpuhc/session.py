@@ -18,16 +18,20 @@ from .runner import Runner, suite_checks, validate_names
 
 def node_name(explicit: Optional[str] = None) -> str:
     """Slurm's name for this node: --node, then SLURMD_NODENAME; the short hostname only outside Slurm.
-    A --node that cannot be a node's name (empty, '/', '..') is a usage error, not a result lost later."""
-    if explicit is not None:
-        from .errors import GpuhcError
-        from .store import StoreError, check_node_name
+    A --node or $SLURMD_NODENAME that cannot be a node's name (empty, '/', '..', spaces) is a usage
+    error, not a result lost later nor a name passed to scontrol."""
+    from .errors import GpuhcError
+    from .store import StoreError, check_node_name
 
-        try:
-            return check_node_name(explicit)
-        except StoreError as exc:
-            raise GpuhcError("--node: %s" % exc) from None
-    return os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+    where, name = "--node", explicit
+    if name is None:
+        where, name = "$SLURMD_NODENAME", os.environ.get("SLURMD_NODENAME")
+    if name is None or (where != "--node" and not name):
+        return socket.gethostname().split(".")[0]
+    try:
+        return check_node_name(name)
+    except StoreError as exc:
+        raise GpuhcError("%s: %s" % (where, exc)) from None
 
 
 def open_backends(cfg: Dict[str, Any], node: str, simulate: Optional[str] = None) -> Tuple[GpuBackend, Host]:

@@ -1,13 +1,15 @@
 """YAML parsing with one-line errors naming file and line: text that is not UTF-8 and a key given
 twice in one mapping (YAML keeps the last silently) are errors too; and the reading of config,
-profiles and scenario files, within READ_WAIT seconds."""
+profiles and scenario files: the one place they are read, within READ_WAIT seconds, only from a
+regular file, and at most the size limit of their kind (SIZE_MAX)."""
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Type
+import stat
+from typing import Any, Dict, Optional, Type
 
 from .bounded import Overtime, call_within
-from .errors import GpuhcError
+from .errors import ConfigError, GpuhcError, ProfileError, ScenarioError
 
 _LOADER: Any = None
 
@@ -75,13 +77,48 @@ def decode(data: bytes, path: str, error: Type[GpuhcError]) -> str:
 READ_WAIT = 8.0
 
 
+# The largest file of each kind that is read (README "Limits"), by the error class its reader
+# raises: a config or profiles file is a few KiB; a scenario may carry a long kernel log. Past it,
+# a one-line error, before the parser spends time and memory on it.
+SIZE_MAX: Dict[Type[GpuhcError], int] = {ConfigError: 64 << 10, ProfileError: 64 << 10, ScenarioError: 16 << 20}
+DEFAULT_SIZE_MAX = 64 << 10
+_KIND = {ConfigError: "a config file", ProfileError: "a profiles file", ScenarioError: "a scenario file"}
+
+
+def size_max(error: Type[GpuhcError]) -> int:
+    return next((v for k, v in SIZE_MAX.items() if issubclass(error, k)), DEFAULT_SIZE_MAX)
+
+
+def _size(n: int) -> str:
+    return "%d MiB" % (n >> 20) if n >= 1 << 20 and not n % (1 << 20) else "%d KiB" % (n >> 10)
+
+
 def read_bytes(path: str, error: Type[GpuhcError], missing_ok: bool = False) -> Optional[bytes]:
-    """The file's bytes (None when ``missing_ok`` and nothing is at ``path``), within READ_WAIT seconds."""
+    """The file's bytes (None when ``missing_ok`` and nothing is at ``path``), within READ_WAIT
+    seconds. Only a regular file is read (a FIFO is not waited on, /dev/zero not read for ever),
+    and none larger than ``size_max(error)``: an ``error`` naming the file otherwise."""
+    limit = size_max(error)
+
     def read() -> Optional[bytes]:
         if missing_ok and not os.path.lexists(path):
             return None
-        with open(path, "rb") as fh:
-            return fh.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise error("%s: cannot read: not a regular file" % path)
+            parts, left = [], limit + 1             # the file may grow between fstat and read
+            while left > 0 and st.st_size <= limit:
+                part = os.read(fd, min(left, 1 << 20))
+                if not part:
+                    break
+                parts.append(part)
+                left -= len(part)
+        finally:
+            os.close(fd)
+        if st.st_size > limit or left <= 0:
+            raise error("%s: larger than %s, the limit for %s" % (path, _size(limit), _KIND.get(error, "this file")))
+        return b"".join(parts)
 
     try:
         return call_within(read, READ_WAIT, "gpuhc-read")
@@ -89,6 +126,8 @@ def read_bytes(path: str, error: Type[GpuhcError], missing_ok: bool = False) -> 
         raise error("%s: cannot read: no answer within %g s (a hung mount?)" % (path, READ_WAIT)) from None
     except OSError as exc:
         raise error("%s: cannot read: %s" % (path, exc.strerror or exc)) from None
+    except ValueError:          # a NUL byte in the path
+        raise error("%r: cannot read: a path holds no NUL byte" % path) from None
 
 
 def read_text(path: str, error: Type[GpuhcError]) -> str:

@@ -94,3 +94,178 @@ def test_one_sanitiser_for_slurm_syslog_tables_and_labels(monkeypatch):
     # tables and Prometheus label values
     assert "\r" not in output.table([[bad, 1]], ["A", "B"]) and output.table([[bad]], ["A"]).count("\n") == 1
     assert _escape(bad) == text.clean(bad)
+
+
+# -- every file read is bounded, and only a regular file is read where one is meant ----------
+
+def _config(tmp_path, text=""):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("store: %s\nstate_dir: %s\ndetect: {slurm_features: false}\n%s"
+                   % (tmp_path / "store", tmp_path / "state", text))
+    return {"GPUHC_CONFIG": str(cfg)}
+
+
+def _one_line_error(res, *words):
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+    for word in words:
+        assert word in res.stderr, res.stderr
+
+
+def test_a_device_as_config_profiles_or_scenario_is_a_one_line_error(tmp_path):
+    """/dev/zero as config, profiles or kernel log ended in MemoryError (exit 3)."""
+    started = time.monotonic()
+    _one_line_error(gpuhc("check", "--simulate", "h100-healthy", env={"GPUHC_CONFIG": "/dev/zero"}),
+                    "/dev/zero", "not a regular file")
+    _one_line_error(gpuhc("check", "--simulate", "h100-healthy", env=_config(tmp_path, "profiles: /dev/zero\n")),
+                    "profiles", "not a regular file")
+    _one_line_error(gpuhc("check", "--simulate", "h100-healthy", env=_config(tmp_path, "kernel_log: /dev/zero\n")),
+                    "kernel_log", "not a regular file")
+    _one_line_error(gpuhc("check", "--simulate", "/dev/zero", env=_config(tmp_path)), "/dev/zero")
+    assert time.monotonic() - started < 20
+
+
+def test_a_fifo_is_not_waited_on_and_a_large_file_is_refused_before_it_is_parsed(tmp_path):
+    from gpuhc.errors import ConfigError, ProfileError, ScenarioError
+    from gpuhc.yamlio import read_bytes, size_max
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ProfileError, match="not a regular file"):
+        read_bytes(str(fifo), ProfileError)
+    assert size_max(ConfigError) == size_max(ProfileError) == 64 << 10 and size_max(ScenarioError) == 16 << 20
+    big = tmp_path / "big.yaml"
+    big.write_text("# padding\n" * (1 << 20))                 # 10 MiB: took 10 s and 871 MB
+    started = time.monotonic()
+    _one_line_error(gpuhc("check", "--simulate", "h100-healthy", env={"GPUHC_CONFIG": str(big)}),
+                    "larger than 64 KiB", "config file")
+    assert time.monotonic() - started < 5
+    exact = tmp_path / "exact.yaml"
+    exact.write_bytes(b"#" * (64 << 10))
+    assert len(read_bytes(str(exact), ConfigError)) == 64 << 10
+    exact.write_bytes(b"#" * ((64 << 10) + 1))
+    with pytest.raises(ConfigError, match="larger than 64 KiB"):
+        read_bytes(str(exact), ConfigError)
+
+
+def test_a_long_profile_line_is_an_error_naming_the_line(tmp_path):
+    """A 1 MB profile line took 14 s (shlex is microseconds a character): lines are bounded."""
+    from gpuhc import profiles
+    from gpuhc.errors import ProfileError
+    from gpuhc.text import LINE_MAX
+
+    text = "p1 gpus=8\np2 description=\"%s\"\n" % ("a " * LINE_MAX)
+    started = time.monotonic()
+    with pytest.raises(ProfileError, match=r"<string>:2: line longer than %d characters" % LINE_MAX):
+        profiles.parse(text)
+    assert time.monotonic() - started < 0.1
+    path = tmp_path / "profiles.conf"
+    path.write_text("p1 gpus=8\n" * 10000)
+    with pytest.raises(ProfileError, match="larger than 64 KiB"):
+        profiles.load(str(path))
+
+
+def test_a_kernel_log_file_is_read_only_when_regular_and_in_bounded_steps(tmp_path, monkeypatch):
+    from gpuhc import xid
+    from gpuhc.backends import host as H
+
+    with pytest.raises(OSError, match="not a regular file"):
+        H.LocalHost(kernel_log="/dev/zero").kernel_log_since(None)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        H.LocalHost(kernel_log=str(fifo)).kernel_log_since(None)
+    # more than a scan reads: the rest is read by the next scans, nothing is skipped
+    monkeypatch.setattr(H, "LOG_READ_MAX", 1000)
+    log = tmp_path / "kern.log"
+    lines = ["[ %d.0] NVRM: Xid (PCI:0000:5d:00): %d, pid=1, name=x, event %d" % (i, 13 + i % 2, i)
+             for i in range(100)]
+    log.write_text("\n".join(lines) + "\n" + "z" * 2500 + "\n")     # and a last line longer than a scan
+    host, cursor, seen, scans = H.LocalHost(kernel_log=str(log)), None, [], 0
+    while True:
+        chunk = host.kernel_log_since(cursor)
+        scans += 1
+        assert len(chunk.text) <= 1000
+        seen += xid.scan(chunk.text, chunk.first_line)
+        if chunk.cursor == cursor:
+            break
+        cursor = chunk.cursor
+    assert [e.message for e in seen] == ["event %d" % i for i in range(100)]
+    assert [e.line for e in seen] == list(range(1, 101)) and scans > 6
+    assert cursor["offset"] == log.stat().st_size
+
+
+def test_proc_and_sysfs_reads_are_bounded_and_regular_only(tmp_path, monkeypatch):
+    from gpuhc.backends import host as H
+
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "modules").write_text("nvidia 1 0 - Live\n")
+    os.mkfifo(tmp_path / "proc" / "fifo")
+    os.symlink("/dev/zero", tmp_path / "proc" / "zero")
+    host = H.LocalHost(root=str(tmp_path))
+    assert host.read_text("/proc/modules") == "nvidia 1 0 - Live\n"
+    assert host.read_text("/proc/fifo") is None and host.read_text("/proc/zero") is None
+    monkeypatch.setattr(H, "READ_MAX", 10)
+    assert host.read_text("/proc/modules") is None
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("store", '"/tmp/a\\0b"', ["store:", "NUL"]),
+    ("state_dir", "/etc/passwd", ["state_dir:", "is not a directory"]),
+    ("store", "/etc/passwd", ["store:", "is not a directory"]),
+    ("store", "/proc/self", ["store:", "/proc"]),
+    ("state_dir", "/sys/kernel", ["state_dir:", "/sys"]),
+    ("store", "/tmp/" + "x" * 5000, ["store:", "shorter than 4096 bytes"]),
+    ("store", "/tmp/" + "x" * 300, ["store:", "at most 255 bytes"]),
+    ("store", "/etc/passwd/x", ["store:", "'/etc/passwd' is not a directory"]),
+    ("kernel_log", "/dev/zero", ["kernel_log:", "not a regular file"]),
+    ("profiles", "/etc", ["profiles:", "not a regular file"]),
+    ("kernel_log", '"/var/log/kern\\0.log"', ["kernel_log:", "NUL"]),
+])
+def test_config_refuses_paths_that_cannot_work_naming_the_key(tmp_path, key, value, words):
+    from gpuhc import config as C
+    from gpuhc.errors import ConfigError
+    from gpuhc.yamlio import parse_yaml
+
+    data = parse_yaml("%s: %s\n" % (key, value), "c", ConfigError)
+    with pytest.raises(ConfigError) as err:
+        C.validate(dict({"store": str(tmp_path / "s"), "state_dir": str(tmp_path / "t")}, **data), "c")
+    for word in words:
+        assert word in str(err.value), str(err.value)
+
+
+def test_config_accepts_paths_that_can_work(tmp_path):
+    from gpuhc import config as C
+
+    (tmp_path / "kern.log").write_text("")
+    cfg = C.validate({"store": str(tmp_path / "new" / "store"), "state_dir": str(tmp_path),
+                      "kernel_log": str(tmp_path / "kern.log"), "profiles": str(tmp_path / "later.conf")}, "c")
+    assert cfg["state_dir"] == str(tmp_path)
+    os.symlink(str(tmp_path), str(tmp_path / "link"))          # where a link leads is not looked at
+    assert C.validate({"store": str(tmp_path / "link"), "state_dir": str(tmp_path / "link" / "x")}, "c")
+
+
+def test_config_paths_on_network_or_fuse_mounts_are_never_looked_at(monkeypatch):
+    """A stat on a hung NFS or FUSE mount blocks for ever: only lexical checks there."""
+    from gpuhc import config as C
+
+    def no_stat(*args):
+        raise AssertionError("looked at a path on a network mount")
+
+    monkeypatch.setattr(C, "_mounts", lambda: {"/": "ext4", "/etc": "nfs4", "/tmp": "fuse.sshfs"})
+    monkeypatch.setattr(C.os, "lstat", no_stat)
+    C.validate({"store": "/etc/passwd", "state_dir": "/tmp/x/y", "kernel_log": "/etc/kern.log"}, "c")
+
+
+def test_a_malformed_slurmd_nodename_is_a_one_line_error_never_passed_to_slurm(tmp_path):
+    """5 of 5 malformed $SLURMD_NODENAME values were passed to scontrol as the node to drain."""
+    from test_contexts_budget import calls_of, fake_slurm
+
+    env, calls = fake_slurm(tmp_path)
+    for bad in ("../x", "a b", "-x", "gpu-001;rm", "x" * 300):
+        env["SLURMD_NODENAME"] = bad
+        res = gpuhc("prolog", "--simulate", "h100-xid79", env=env)
+        _one_line_error(res, "SLURMD_NODENAME")
+    assert calls_of(calls) == []
+    env["SLURMD_NODENAME"] = "gpu-001"
+    assert gpuhc("prolog", "--simulate", "h100-xid79", env=env).returncode == 1
