@@ -66,13 +66,13 @@ class Diag:
 def _load(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):        # RecursionError: arrays nested thousands deep
         pass
     start, end = text.find("{"), text.rfind("}")       # a banner line before the JSON
     if 0 <= start < end:
         try:
             return json.loads(text[start:end + 1])
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
     raise DiagParseError("no diagnostic JSON in the output")
 
@@ -80,8 +80,13 @@ def _load(text: str) -> Any:
 def _int(value: Any) -> Optional[int]:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):      # OverflowError: 1e400 is infinity
         return None
+
+
+def _list(value: Any) -> List[Any]:
+    """``value`` when it is a list, else [] (a field of another type is ignored, as unknown ones are)."""
+    return value if isinstance(value, list) else []
 
 
 def _texts(value: Any) -> List[str]:
@@ -156,8 +161,8 @@ def _shape(key: Optional[str], doc: Dict[str, Any], categories: List[Any]) -> st
     by entity; 3.x gives "gpu_id" and a top-level "version"; 2.x "gpu_ids" and nothing else."""
     if key == "DCGM Diagnostic" or "metadata" in doc:
         return "4.x"
-    rows = [row for cat in categories if isinstance(cat, dict) for test in cat.get("tests") or []
-            if isinstance(test, dict) for row in test.get("results") or [] if isinstance(row, dict)]
+    rows = [row for cat in categories if isinstance(cat, dict) for test in _list(cat.get("tests"))
+            if isinstance(test, dict) for row in _list(test.get("results")) if isinstance(row, dict)]
     if any("entity_group" in row for row in rows):
         return "4.x"
     if "version" in doc or any("gpu_id" in row or isinstance(row.get("warnings"), list) for row in rows):
@@ -177,11 +182,11 @@ def parse(text: str) -> Diag:
     metadata = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
     categories = root.get("test_categories")
     if not isinstance(categories, list):
-        categories = [{"category": "", "tests": root.get("tests") or []}]     # tests without categories
+        categories = [{"category": "", "tests": _list(root.get("tests"))}]     # tests without categories
     results: List[DiagResult] = []
     for cat in categories:
         if isinstance(cat, dict):
-            for test in cat.get("tests") or []:
+            for test in _list(cat.get("tests")):
                 if isinstance(test, dict):
                     results.extend(_results(str(cat.get("category", "")), test))
     version = metadata.get("version") or doc.get("version") or root.get("version")
