@@ -413,5 +413,45 @@ def resume(ctx: click.Context, nodelist: str, force: bool, as_json: bool) -> Non
     ctx.exit(0 if all(r in ("resumed", "skipped") for _, r, _ in rows) else 1)
 
 
+@main.command()
+@common_options
+@click.option("--check", "checks", metavar="NAME", multiple=True,
+              help="Only this deep check (repeatable): gpu_stress, gpu_bench, allreduce_node. Default: all three.")
+@click.option("--duration", type=float, metavar="S", help="gpu_stress's load, seconds (default gpu_stress.duration).")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]),
+              help="Where the torch workloads run (default: CUDA; cpu runs the same code on the CPU, small sizes; "
+                   "a simulated node uses its scenario's figures unless this is given).")
+@click.option("--node", metavar="NAME", help=NODE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-record", is_flag=True, help="Do not write the result to the store.")
+@click.pass_context
+def bench(ctx: click.Context, checks: List[str], duration: Optional[float], device: Optional[str], node: Optional[str],
+          as_json: bool, no_record: bool) -> None:
+    """Load this node's GPUs: stress with result comparison, matmul/HBM/PCIe/P2P benchmarks, the
+    node's all-reduce; print the per-GPU figures and record them. The node must be the job's alone."""
+    from .contexts import bench as B
+    from .contexts.pipeline import run as run_pipeline
+
+    cfg = load_config(ctx)
+    if duration is not None:
+        if duration <= 0:
+            raise GpuhcError("--duration %g: expected a number of seconds above 0" % duration)
+        cfg["gpu_stress"]["durations"]["bench"] = duration
+    if device:
+        cfg["deep"]["device"] = device
+    outcome = run_pipeline(cfg, B.CONTEXT, node=node, simulate=_state(ctx).get("simulate"),
+                           checks=checks or [], suite=None if checks else "bench", record=not no_record,
+                           progress=B.progress_to_stderr)
+    if as_json:
+        emit_json(outcome.report.to_dict())
+    else:
+        click.echo(B.text(outcome.report, outcome.detection))
+    for note in outcome.notes:
+        click.echo("gpuhc: %s" % note, err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(outcome.exit_code)      # a workload child or a GPU call may still be stuck: do not wait for it
+
+
 def run() -> None:
     main(prog_name="gpuhc")

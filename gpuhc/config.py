@@ -50,19 +50,30 @@ def defaults() -> Dict[str, Any]:
         "detect": {"slurm_features": True, "cloud_metadata": True, "cloud_timeout": 0.3},
         # dcgmi diag: the run level by context (else `level`); levels 3 and 4 only where the node is
         # exclusive (quarantine, sweep, or `exclusive: true`); `timeout` bounds the diag in seconds
-        "dcgm": {"level": 1, "levels": {"quarantine": 3}, "timeout": 900.0, "required": False,
+        "dcgm": {"level": 1, "levels": {"quarantine": 3, "sweep": 2}, "timeout": 900.0, "required": False,
                  "exclusive": False, "start_hostengine": True, "overrides": {}},
+        # the deep checks (they load the GPUs: exclusive jobs only). deep.device: auto (a simulated
+        # node's scenario figures, else torch on CUDA), cuda, cpu (torch for real on the CPU), sim.
+        # `timeout` bounds each check's workload process (killed past it: a hang is a finding)
+        "deep": {"device": "auto"},
+        "gpu_stress": {"duration": 60.0, "durations": {"sweep": 30.0, "quarantine": 300.0}, "dtype": "bf16",
+                       "timeout": 1200.0},
+        "gpu_bench": {"tests": ["matmul", "hbm", "pcie", "p2p"], "dtypes": ["bf16"], "timeout": 1200.0},
+        "allreduce_node": {"max_bytes": 8 << 30, "timeout": 900.0},
+        # all-reduce expectations: expect_busbw_gbps overrides the profile's busbw_gbps (and
+        # internode_busbw_gbps) where set, e.g. on CPU test clusters
+        "nccl": {"expect_busbw_gbps": None},
         # network: link_downed growth between two runs that counts as flapping; kernel modules RDMA needs
         "network": {"flap_threshold": 1, "memlock": True, "efa_modules": ["efa", "ib_core", "ib_uverbs"],
                     "ib_modules": ["ib_core", "ib_uverbs"]},
         "suites": {suite: list(names) for suite, names in _SUITES.items()},
         "context_suites": {"prolog": "prolog", "epilog": "epilog", "healthcheck": "healthcheck",
-                           "check": "lightweight", "sweep": "lightweight", "quarantine": "intensive"},
+                           "check": "lightweight", "sweep": "sweep", "quarantine": "quarantine", "bench": "bench"},
         "timeouts": {
             "check": 5.0,
             "checks": {},
             "budget": {"prolog": 8.0, "epilog": 20.0, "healthcheck": 20.0, "check": 60.0,
-                       "sweep": 600.0, "quarantine": 3600.0},
+                       "sweep": 1200.0, "quarantine": 7200.0, "bench": 3600.0},
             "command": 10.0,
             "store": 2.0,
             "store_read": 30.0,
@@ -86,7 +97,8 @@ def defaults() -> Dict[str, Any]:
         # automatic resume: consecutive passes of a suite at least as deep as the draining one
         "resume": {"auto": True, "passes": 3,
                    "suite_depth": {"prolog": 1, "epilog": 1, "healthcheck": 1, "lightweight": 1, "check": 1,
-                                   "custom": 0, "intensive": 2, "quarantine": 2}},
+                                   "custom": 0, "intensive": 2, "quarantine": 2, "sweep": 2, "bench": 0,
+                                   "deep": 0}},
         # epilog: the suite for a job that failed (non-zero exit or signal); whether to kill the
         # compute processes a job left on the GPUs (SIGKILL; never on a simulated node); whether
         # to ask slurmctld for the exit code of a job whose epilog sees 0:0 (cancelled, timed out:
@@ -101,6 +113,7 @@ def defaults() -> Dict[str, Any]:
 
 KERNEL_LOG_SOURCES = ("auto", "kmsg", "journal", "dmesg")
 TIERS = ("MONITOR", "RESET", "REBOOT", "ISOLATE")
+DTYPES = ("bf16", "fp16", "tf32", "fp32")
 NUM = "amount"                 # a finite number, not negative (counts, thresholds)
 SECONDS = "duration"           # a time limit: above 0 (0 would turn a check into an ERROR that never drains)
 
@@ -121,6 +134,13 @@ SCHEMA: Dict[str, Any] = {
     "detect": {"slurm_features": "bool", "cloud_metadata": "bool", "cloud_timeout": SECONDS},
     "dcgm": {"level": "count", "levels": _per(CONTEXTS, "count"), "timeout": SECONDS, "required": "bool",
              "exclusive": "bool", "start_hostengine": "bool", "overrides": MapOf("text", OneOf("tier", TIERS))},
+    "deep": {"device": OneOf("device", ("auto", "cuda", "cpu", "sim"))},
+    "gpu_stress": {"duration": SECONDS, "durations": _per(CONTEXTS, SECONDS), "dtype": OneOf("dtype", DTYPES),
+                   "timeout": SECONDS},
+    "gpu_bench": {"tests": [OneOf("test", ("matmul", "hbm", "pcie", "p2p"))], "dtypes": [OneOf("dtype", DTYPES)],
+                  "timeout": SECONDS},
+    "allreduce_node": {"max_bytes": "count", "timeout": SECONDS},
+    "nccl": {"expect_busbw_gbps": "amount?"},
     "network": {"flap_threshold": NUM, "memlock": "bool", "efa_modules": ["str"], "ib_modules": ["str"]},
     "suites": MapOf("str", ["str"]),
     "xid": {"strict": "bool", "overrides": MapOf("index", OneOf("tier", TIERS)),

@@ -32,8 +32,12 @@ class Profile:
     ecc: Optional[bool] = None
     mig: Optional[str] = None           # "yes" | "no" | "any"
     memory_gib: Optional[float] = None
-    busbw_gbps: Optional[float] = None
-    matmul_tflops: Optional[float] = None
+    busbw_gbps: Optional[float] = None           # expected all-reduce bus bandwidth inside the node
+    internode_busbw_gbps: Optional[float] = None  # expected all-reduce bus bandwidth across nodes (>= 1 GiB)
+    matmul_tflops: Optional[float] = None        # expected dense BF16 matmul per GPU (measured, not peak)
+    hbm_gbps: Optional[float] = None             # expected device-to-device copy, read + write
+    pcie_gbps: Optional[float] = None            # expected host<->device copy, one way, pinned
+    p2p_gbps: Optional[float] = None             # expected GPU-to-GPU copy, one way
     auto: bool = True
     aliases: Tuple[str, ...] = ()
     description: str = ""
@@ -99,7 +103,8 @@ def _aliases(v: str) -> Tuple[str, ...]:
 KEYS: Dict[str, Callable[[str], object]] = {
     "gpus": _int, "model": str, "nvlinks": _int, "nvswitch": _bool, "efa": _int, "ib": _int,
     "ib_rate": _float, "pcie_gen": _int, "pcie_width": _int, "ecc": _bool, "mig": _mig,
-    "memory_gib": _float, "busbw_gbps": _float, "matmul_tflops": _float, "auto": _bool,
+    "memory_gib": _float, "busbw_gbps": _float, "internode_busbw_gbps": _float, "matmul_tflops": _float,
+    "hbm_gbps": _float, "pcie_gbps": _float, "p2p_gbps": _float, "auto": _bool,
     "aliases": _aliases, "description": str,
 }
 

@@ -82,6 +82,13 @@ _FAULT = {"call": OneOf("call", ("*",) + tuple(CALLS)), "gpu": "count",
           "error": OneOf("code", ERROR_CODES), "hang": "seconds", "detail": "text"}
 _COMMAND = {"rc": "int", "stdout": "text", "stderr": "text", "hang": "seconds"}
 
+# What the deep checks would measure on this node (backends/deep.py shapes): per-GPU figures (a
+# template and per-index overrides, like gpu/gpus), the node's all-reduce peak, calls that hang.
+DEEP_GPU = {"matmul_tflops": "amount", "stress_tflops": "amount", "hbm_gbps": "amount", "h2d_gbps": "amount",
+            "d2h_gbps": "amount", "p2p_gbps": "amount", "mismatches": "count"}
+DEEP_SCHEMA = {"gpu": DEEP_GPU, "gpus": MapOf("index", DEEP_GPU), "allreduce": {"busbw_gbps": "amount"},
+               "hang": [OneOf("call", ("stress", "bench", "allreduce"))]}
+
 # A whole scenario file. Null for a top-level section means "none" (or, after extends, drops the
 # parent's).
 SCENARIO_SCHEMA: Dict[str, Any] = {
@@ -95,6 +102,7 @@ SCENARIO_SCHEMA: Dict[str, Any] = {
     "files": (MapOf("str", "text"), None),
     "commands": (MapOf("str", _COMMAND), None),
     "faults": ([_FAULT], None),
+    "deep": (DEEP_SCHEMA, None),
 }
 TOP_KEYS = set(SCENARIO_SCHEMA)
 
@@ -110,6 +118,7 @@ class Scenario:
     files: Dict[str, str]
     commands: Dict[str, Dict[str, Any]]
     faults: List[Dict[str, Any]] = field(default_factory=list)
+    deep: Dict[str, Any] = field(default_factory=dict)      # DEEP_SCHEMA, GPU overrides keyed by int
 
     @property
     def nvml_gpus(self) -> List[Dict[str, Any]]:
@@ -272,7 +281,20 @@ def load(name_or_path: str, node: Optional[str] = None) -> Scenario:
     files = {k: str(v) for k, v in (data.get("files") or {}).items()}
     return Scenario(name=name, description=str(data.get("description") or ""), path=path,
                     node=node_info, gpus=gpus, kernel_log=list(kernel_log),
-                    files=files, commands=data.get("commands") or {}, faults=list(faults))
+                    files=files, commands=data.get("commands") or {}, faults=list(faults),
+                    deep=_deep(data.get("deep") or {}, count, fail))
+
+
+def _deep(deep: Dict[str, Any], count: int, fail: Any) -> Dict[str, Any]:
+    """The deep section with its per-GPU overrides keyed by int and checked against the GPU count."""
+    deep = dict(deep)
+    overrides = {}
+    for key, value in (deep.get("gpus") or {}).items():
+        if int(key) >= count:
+            raise fail("deep.gpus: index %s out of range for %d GPUs" % (key, count))
+        overrides[int(key)] = value
+    deep["gpus"] = overrides
+    return deep
 
 
 def describe_all() -> List[tuple]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import config as C
 from . import localstate
 from . import profiles as P
+from .backends.deep import open_deep
 from .backends.gpu import GpuBackend
 from .backends.host import Host, LocalHost
 from .checks.base import Context
@@ -47,8 +48,9 @@ def open_backends(cfg: Dict[str, Any], node: str, simulate: Optional[str] = None
     return NvmlBackend(), LocalHost(kernel_log=cfg.get("kernel_log", "auto"))
 
 
-def _cached_facts(cfg: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
-    """Instance type and Slurm features, asked once per boot (they cost a network or Slurm round trip)."""
+def _cached_facts(cfg: Dict[str, Any], ctx: Context, deadline: Optional[float] = None) -> Dict[str, Any]:
+    """Instance type and Slurm features, asked once per boot (they cost a network or Slurm round trip);
+    Slurm is not waited for past ``deadline`` (time.monotonic(): the end of the checks' share)."""
     boot = ctx.host.boot_id()
     state_dir = cfg["state_dir"]
     simulated = ctx.host.kind == "sim"
@@ -60,7 +62,7 @@ def _cached_facts(cfg: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
     if detect["slurm_features"] and (os.environ.get("SLURMD_NODENAME") or os.environ.get("SLURM_JOB_ID")):
         from .backends.slurm_cli import node_features
 
-        facts["features"] = node_features(ctx.node, timeout=C.budget(cfg, "prolog") / 4)
+        facts["features"] = node_features(ctx.node, timeout=C.budget(cfg, "prolog") / 4, deadline=deadline)
     if detect["cloud_metadata"] or simulated:       # a scenario's instance type is data, not a network call
         facts["instance_type"] = ctx.host.instance_type(float(detect["cloud_timeout"]))
     if not simulated:
@@ -68,13 +70,13 @@ def _cached_facts(cfg: Dict[str, Any], ctx: Context) -> Dict[str, Any]:
     return facts
 
 
-def detector(cfg: Dict[str, Any], profiles: Dict[str, P.Profile]):
+def detector(cfg: Dict[str, Any], profiles: Dict[str, P.Profile], deadline: Optional[float] = None):
     def detect(ctx: Context) -> P.Detection:
         facts: Dict[str, Any] = {}
 
         def get(key: str):
             if not facts:
-                facts.update(_cached_facts(cfg, ctx))
+                facts.update(_cached_facts(cfg, ctx, deadline))
             return facts.get(key)
 
         def gpu_model():
@@ -104,7 +106,8 @@ def _ack_time(cfg: Dict[str, Any], node: str) -> Optional[float]:
 def run(cfg: Dict[str, Any], context: str, suite: Optional[str] = None, checks: Sequence[str] = (),
         node: Optional[str] = None, simulate: Optional[str] = None,
         job_id: Optional[str] = None, job_gpus: Optional[set] = None,
-        deadline: Optional[float] = None) -> Tuple[Report, P.Detection, Context]:
+        deadline: Optional[float] = None, progress: Optional[Callable[[str], None]] = None
+        ) -> Tuple[Report, P.Detection, Context]:
     """One health-check run; raises GpuhcError on bad input (config, profile, scenario). With
     ``deadline`` (time.monotonic() at which the whole context run must end), the checks get what
     is left of it less the share kept for acting on the result."""
@@ -120,10 +123,13 @@ def run(cfg: Dict[str, Any], context: str, suite: Optional[str] = None, checks: 
     ctx = Context(node=node, context=context, gpu=gpu, host=host, config=cfg,
                   job_id=job_id or os.environ.get("SLURM_JOB_ID"), job_gpus=job_gpus)
     ctx.ack_time = lambda: _ack_time(cfg, node)
-    runner = Runner(ctx, detector(cfg, profiles))
+    ctx.deep = open_deep(cfg, getattr(gpu, "scenario", None))      # torch is imported only in its child
+    if progress is not None:
+        ctx.progress = progress
     limit = C.checks_budget(cfg, context)
     if deadline is not None:
         limit = max(0.0, min(limit, C.checks_deadline(cfg, context, deadline) - time.monotonic()))
+    runner = Runner(ctx, detector(cfg, profiles, time.monotonic() + limit))
     report = runner.run(names, limit, suite=suite)
     if gpu.hung is None:
         try:

@@ -107,3 +107,81 @@ class SimHost(Host):
     def instance_type(self, timeout: float) -> Optional[str]:
         return self.scenario.node.get("instance_type")
 
+
+
+class SimDeep:
+    """The deep interface served from a scenario's ``deep`` section: what each GPU would measure
+    under load. A call listed in ``deep.hang`` does not return: it waits out its timeout and is a
+    DeepError HANG, as TorchDeep's killed child is. A scenario without figures is UNAVAILABLE (as
+    a node without torch)."""
+
+    kind = "sim"
+    ALLREDUCE_HALF = 32 << 20       # size at which the simulated bus bandwidth reaches half its peak
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.deep = scenario.deep or {}
+
+    def _gpu(self, index: int) -> Dict[str, Any]:
+        values = dict(self.deep.get("gpu") or {})
+        values.update((self.deep.get("gpus") or {}).get(index) or {})
+        return values
+
+    def _enter(self, call: str, timeout_s: float) -> None:
+        from .deep import HANG, UNAVAILABLE, DeepError
+
+        if call in (self.deep.get("hang") or []):
+            time.sleep(timeout_s)
+            raise DeepError(HANG, call, "no result within %.0f s" % timeout_s)
+        if not self.deep.get("gpu") and not self.deep.get("gpus") and not self.deep.get("allreduce"):
+            raise DeepError(UNAVAILABLE, call, "scenario %s has no deep figures" % self.scenario.name)
+
+    def stress(self, gpus: Sequence[int], duration_s: float, dtype: str, timeout_s: float, progress=None):
+        self._enter("stress", timeout_s)
+        out: Dict[str, Any] = {"dtype": dtype, "duration_s": duration_s, "elapsed_s": duration_s, "notes": [],
+                               "gpus": {}}
+        for i in gpus:
+            g = self._gpu(i)
+            bad = int(g.get("mismatches") or 0)
+            out["gpus"][i] = {"tflops": g.get("stress_tflops", g.get("matmul_tflops")), "iterations": 1000,
+                              "mismatches": bad, "max_error": 0.0, "ref_ok": bad == 0,
+                              "reason": "%d products differ from the other GPUs'" % bad if bad else ""}
+        out["faulty"] = [i for i in gpus if out["gpus"][i]["mismatches"]]
+        out["ok"] = not out["faulty"]
+        return out
+
+    def bench(self, gpus: Sequence[int], tests: Sequence[str], dtypes: Sequence[str], timeout_s: float,
+              progress=None):
+        self._enter("bench", timeout_s)
+        out: Dict[str, Any] = {"gpus": {}, "p2p": [], "skipped": {}}
+        for i in gpus:
+            g, row = self._gpu(i), out["gpus"].setdefault(i, {})
+            if "matmul" in tests and g.get("matmul_tflops") is not None:
+                row["matmul_tflops"] = {d: g["matmul_tflops"] for d in dtypes}
+            if "hbm" in tests and g.get("hbm_gbps") is not None:
+                row["hbm_gbps"] = g["hbm_gbps"]
+            if "pcie" in tests and g.get("h2d_gbps") is not None:
+                row["h2d_gbps"], row["d2h_gbps"] = g["h2d_gbps"], g.get("d2h_gbps", g["h2d_gbps"])
+        if "p2p" in tests:
+            for a in gpus:
+                for b in gpus:
+                    if a != b and self._gpu(a).get("p2p_gbps") is not None:
+                        gbps = min(self._gpu(a)["p2p_gbps"], self._gpu(b).get("p2p_gbps", self._gpu(a)["p2p_gbps"]))
+                        out["p2p"].append({"src": a, "dst": b, "gbps": gbps, "peer_access": True})
+        return out
+
+    def allreduce(self, gpus: Sequence[int], max_bytes: int, timeout_s: float, progress=None):
+        self._enter("allreduce", timeout_s)
+        peak = float((self.deep.get("allreduce") or {}).get("busbw_gbps") or 0.0)
+        n = len(gpus)
+        sizes = []
+        size = 1 << 20
+        while size <= max(max_bytes, 1 << 20):
+            busbw = peak * size / (size + self.ALLREDUCE_HALF)
+            algbw = busbw * n / (2.0 * (n - 1)) if n > 1 else busbw
+            sizes.append({"size_bytes": size, "count": size // 4, "dtype": "float32", "wrong": 0,
+                          "time_us": size / (algbw * 1e3) if algbw else 0.0,
+                          "algbw_gbps": algbw, "busbw_gbps": busbw})
+            size *= 2
+        return {"ok": True, "world": n, "backend": "sim", "error": None, "sizes": sizes,
+                "torch_version": None, "nccl_version": None, "env": {}}

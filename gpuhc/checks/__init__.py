@@ -24,6 +24,9 @@ CHECKS: Dict[str, str] = {
     "processes": "processes",
     "network": "network",
     "dcgm": "dcgm",
+    "gpu_stress": "gpu_stress",
+    "gpu_bench": "gpu_bench",
+    "allreduce_node": "allreduce_node",
 }
 
 

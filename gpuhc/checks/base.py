@@ -69,6 +69,10 @@ class Context:
 
     # this boot's id (the runner sets it before the checks run); None when it cannot be read
     boot_id: Optional[str] = None
+    # the deep backend (backends/deep.py: stress, bench, all-reduce under load), for the exclusive
+    # checks; and where their progress lines go (stderr for gpuhc bench, sweep and quarantine)
+    deep: Any = None
+    progress: Callable[[str], None] = lambda line: None
 
     def previous_state(self, check: str) -> Dict[str, Any]:
         value = self.previous.get(check)
@@ -207,3 +211,20 @@ def threshold(config: Optional[Dict[str, Any]], name: str) -> float:
     from . import default_thresholds
 
     return default_thresholds()[name].default
+
+
+def deep_error_finding(check: str, error: Dict[str, Any], what: str) -> Finding:
+    """A deep call that gave no result: a hang is the hardware's (RESET: the node's GPUs or links did
+    not finish a bounded load); no torch or CUDA, or a crash of the workload, is the checker's (ERROR)."""
+    from ..backends.deep import HANG, UNAVAILABLE
+
+    code, detail = error.get("code"), error.get("detail") or ""
+    if code == HANG:
+        return Finding(check, Severity.RESET, "%s did not finish: %s" % (what, detail),
+                       remediation="drain; reset the GPUs (or reboot) and run it again; a GPU that hangs again "
+                                   "under load is replaced")
+    if code == UNAVAILABLE:
+        return Finding(check, Severity.ERROR, "cannot run %s: %s" % (what, detail),
+                       remediation="install PyTorch with CUDA on the node (pip install torch) or leave %s out of "
+                                   "the suite" % check)
+    return Finding(check, Severity.ERROR, "%s failed: %s" % (what, detail))

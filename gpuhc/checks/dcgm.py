@@ -21,7 +21,7 @@ from .meta import CheckMeta
 NAME = "dcgm"
 META = CheckMeta(
     description="NVIDIA DCGM active diagnostic (dcgmi diag), levels 3-4 only where the node is exclusive",
-    suites=("intensive", "dcgm"),
+    suites=("intensive", "dcgm", "sweep", "quarantine"),
 )
 EXCLUSIVE_CONTEXTS = ("quarantine", "sweep")
 DEFAULT_FAIL = Severity.RESET          # a failure that carries no DCGM severity

@@ -22,8 +22,12 @@ CONTEXTS = ("prolog", "epilog", "healthcheck", "check", "sweep", "quarantine", "
 EXCLUSIVE_CONTEXTS = ("sweep", "quarantine", "bench")
 
 # The default suites, in the order config lists them. Each check names the ones it belongs to.
-SUITES = ("prolog", "epilog", "healthcheck", "lightweight", "intensive", "dcgm", "epilog_failure")
-LIGHTWEIGHT_SUITES = ("prolog", "healthcheck", "lightweight", "intensive", "epilog_failure")
+SUITES = ("prolog", "epilog", "healthcheck", "lightweight", "intensive", "dcgm", "epilog_failure",
+          "sweep", "quarantine", "bench", "deep")
+# the read-only checks: every suite but the single-purpose ones (dcgm, bench, deep)
+LIGHTWEIGHT_SUITES = ("prolog", "healthcheck", "lightweight", "intensive", "epilog_failure", "sweep", "quarantine")
+# the checks that load the GPUs: the exclusive jobs' suites (`deep` = the three of them alone)
+DEEP_SUITES = ("quarantine", "bench", "deep")
 
 
 @dataclass(frozen=True)

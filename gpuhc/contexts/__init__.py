@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Dict, Optional
 
-MODULES = {"prolog": "prolog", "epilog": "epilog", "healthcheck": "healthcheck", "check": "check"}
+MODULES = {"prolog": "prolog", "epilog": "epilog", "healthcheck": "healthcheck", "check": "check",
+           "bench": "bench"}
 
 
 def get(name: str):

@@ -74,7 +74,8 @@ class NodeContext:
 
 
 def run(cfg: Dict[str, Any], context: NodeContext, node: Optional[str] = None, simulate: Optional[str] = None,
-        env: Optional[Dict[str, str]] = None, suite: Optional[str] = None, checks=(), record: bool = True) -> Outcome:
+        env: Optional[Dict[str, str]] = None, suite: Optional[str] = None, checks=(), record: bool = True,
+        progress: Optional[Callable[[str], None]] = None) -> Outcome:
     """One context on this node: checks, then drain/comment/resume, record, and the lines."""
     req = Request(env=dict(os.environ if env is None else env), node=node, simulate=simulate, suite=suite,
                   checks=list(checks), record=record)
@@ -87,7 +88,7 @@ def run(cfg: Dict[str, Any], context: NodeContext, node: Optional[str] = None, s
     chosen = None if req.checks else context.suite(cfg, req, slurm)
     report, detection, run_ctx = session.run(
         cfg, context.name, suite=chosen, checks=req.checks, node=req.node, simulate=req.simulate,
-        job_id=req.env.get("SLURM_JOB_ID"), job_gpus=job_gpus(req.env), deadline=deadline)
+        job_id=req.env.get("SLURM_JOB_ID"), job_gpus=job_gpus(req.env), deadline=deadline, progress=progress)
     report.findings.extend(context.after_checks(cfg, req, run_ctx, C.checks_deadline(cfg, context.name, deadline)))
     action = context.decide(cfg, report, slurm, deadline, context.owns(run_ctx))
     if action.kind != policy.NONE:
