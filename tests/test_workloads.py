@@ -110,6 +110,45 @@ def test_stress_low_bit_disagreement_majority_or_both_named():
 
 
 @needs_torch
+def test_stress_a_device_that_fails_under_load_is_named_and_the_others_go_on():
+    from gpuhc.workloads import stress
+
+    def fault(index, iteration, c):
+        if index == 0 and iteration == 4:
+            raise RuntimeError("CUDA error: unspecified launch failure")
+
+    r = stress.run(["cpu:0", "cpu:1"], duration_s=0.3, dtype="fp32", n=64, fault=fault)
+    assert r.faulty == ["cpu:0"]
+    assert "failed under load at iteration 4" in r.devices[0].reason and "launch failure" in r.devices[0].reason
+    assert r.devices[0].iterations == 3
+    assert r.devices[1].iterations > 3 and not r.devices[1].faulty
+
+
+@needs_torch
+def test_stress_a_device_that_stops_completing_work_is_named_hung(monkeypatch):
+    from gpuhc.workloads import stress
+
+    class Never:                            # a CUDA event whose work never completes
+        def query(self):
+            return False
+
+    launch = stress._launch
+
+    def hanging_launch(t, d, i, depth, fault):
+        launch(t, d, i, depth, fault)
+        if d.index == 1 and i >= 3:
+            entry = d.pending.pop()
+            d.pending.append((Never(),) + entry[1:])
+
+    monkeypatch.setattr(stress, "_launch", hanging_launch)
+    t0 = time.monotonic()
+    r = stress.run(["cpu:0", "cpu:1"], duration_s=0.2, dtype="fp32", n=64, hang_s=0.3)
+    assert time.monotonic() - t0 < 5
+    assert r.faulty == ["cpu:1"] and "hung" in r.devices[1].reason
+    assert r.devices[1].iterations == 2 and not r.devices[0].faulty
+
+
+@needs_torch
 def test_stress_tolerance_mode_judges_by_the_reference():
     """Mixed GPU models cannot be compared bitwise: each device is then judged by the CPU reference."""
     from gpuhc.workloads import stress

@@ -178,6 +178,7 @@ class _Dev:
         self.t0 = 0.0
         self.nslots = 0
         self.mem_bytes = 0
+        self.dead = False            # failed or hung during the run: no longer used
 
     def elapsed_s(self):
         if self.last_done is None:
@@ -201,7 +202,7 @@ class _Dev:
 
 def run(devices="cuda", duration_s=60.0, dtype="bf16", n=None, mem_fraction=0.9, slots=None, seed=1234,
         exact=None, ref_rows=None, ref_samples=256, depth=None, fault: Optional[Callable] = None,
-        progress: Optional[Callable[[str], None]] = None, progress_every_s=10.0) -> StressResult:
+        progress: Optional[Callable[[str], None]] = None, progress_every_s=10.0, hang_s=60.0) -> StressResult:
     """Stress `devices` ("cuda" for every visible GPU, "cpu", or a list of labels such as
     ["cuda:0", "cuda:1"] or ["cpu:0", "cpu:1"]) for duration_s seconds with dtype matmuls.
 
@@ -212,7 +213,12 @@ def run(devices="cuda", duration_s=60.0, dtype="bf16", n=None, mem_fraction=0.9,
     depth: iterations queued per device (default 2 on CUDA, 1 on the CPU, where work is synchronous;
     a test may queue more on the CPU to exercise the deferred comparison).
     fault(index, iteration, c): called on each product right after it is computed (iteration 0
-    is the setup product); a test injects a miscompute by changing c in place.
+    is the setup product); a test injects a miscompute by changing c in place, or an error by
+    raising.
+    A device that raises during the run (a CUDA error: Xid, fallen off the bus) is named faulty
+    with the error and the others go on; one whose queued work has not completed hang_s after the
+    run's end is named hung and the run returns without it. A hang during the setup (before the
+    run) is not bounded here: the caller runs stress in a process with a time limit.
     """
     t = C.torch()
     dtype = C.dtype_name(dtype)
@@ -291,12 +297,28 @@ def run(devices="cuda", duration_s=60.0, dtype="bf16", n=None, mem_fraction=0.9,
             running = now - t0 < duration_s
             busy = False
             for d in devs:
-                busy |= _collect(t, d)
-                while running and len(d.pending) < depth:
-                    it[d.index] += 1
-                    _launch(t, d, it[d.index], depth, fault)
-                    busy = True
-            if not running and not any(d.pending for d in devs):
+                if d.dead:
+                    continue
+                try:
+                    busy |= _collect(t, d)
+                    while running and len(d.pending) < depth:
+                        it[d.index] += 1
+                        _launch(t, d, it[d.index], depth, fault)
+                        busy = True
+                except Exception as e:      # a CUDA error under load: this device is out, the rest go on
+                    d.dead = True
+                    d.pending.clear()
+                    d.reason = "failed under load at iteration %d: %s: %s" % (
+                        it[d.index], type(e).__name__, " ".join(str(e).split())[:300])
+            if not running and not any(d.pending for d in devs if not d.dead):
+                break
+            if not running and now - t0 > duration_s + hang_s:
+                for d in devs:
+                    if d.pending and not d.dead:
+                        d.dead = True
+                        d.reason = "stopped completing work: %d queued product(s) unfinished %.0f s after the " \
+                                   "run's end (hung)" % (len(d.pending), hang_s)
+                        d.pending.clear()
                 break
             if now >= next_progress:
                 next_progress = now + progress_every_s
@@ -309,6 +331,8 @@ def run(devices="cuda", duration_s=60.0, dtype="bf16", n=None, mem_fraction=0.9,
 
         # the products not yet compared
         for d in devs:
+            if d.dead:
+                continue
             for slot, w in sorted(d.written.items(), key=lambda kv: kv[1]):
                 with C.on_device(d.dev):
                     bad = not _bitwise_equal(t, d.slots[slot], d.golden)
