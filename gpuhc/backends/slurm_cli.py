@@ -1,6 +1,8 @@
-"""Slurm through its command-line tools (sinfo --json, scontrol), each with a timeout.
+"""Slurm through its command-line tools (sinfo --json, scontrol, sbatch, squeue --json, scancel),
+each with a timeout cut to the caller's deadline.
 
-Arguments are passed as lists, never through a shell. Node state and state flags come from
+Arguments are passed as lists, never through a shell; the lists and the parsers of jobs,
+reservations and reboots are in slurm_jobs. Node state and state flags come from
 ``sinfo --json``: DRAIN is a flag beside the base state (Slurm 22.05 gives ``state`` as a
 string and ``state_flags`` as a list; 23.02 and later give ``state`` as a list), so both
 shapes are read into one set of upper-case words.
@@ -12,9 +14,10 @@ import os
 import re
 import shutil
 import subprocess
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from .slurm import JobView, NodeView, Slurm, SlurmError, reserved_nodes, state_words
+from . import slurm_jobs as sj
+from .slurm import JobInfo, JobSpec, JobView, NodeView, ReservationView, Slurm, SlurmError, state_words
 
 
 def _number(value: Any) -> Optional[int]:
@@ -96,20 +99,23 @@ class SlurmCli(Slurm):
             os.path.exists(p) for p in ("/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf"))
         return configured and shutil.which("scontrol") is not None and shutil.which("sinfo") is not None
 
-    def _run(self, argv: Sequence[str], timeout: Optional[float] = None) -> str:
+    def _run(self, argv: Sequence[str], timeout: Optional[float] = None,
+             env: Optional[Mapping[str, str]] = None) -> str:
+        """The command's stdout; SlurmError (one line) when it cannot start, times out or fails.
+        ``env``: variables added to this process's environment for the command."""
         if shutil.which(argv[0]) is None:
             raise SlurmError("%s not found" % argv[0])
-        timeout = self.time_left(" ".join(argv[:3]), timeout)
+        what = " ".join(argv[:3])
+        timeout = self.time_left(what, timeout)
         try:
             proc = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=timeout)
+                                  timeout=timeout, env=dict(os.environ, **env) if env else None)
         except subprocess.TimeoutExpired:
-            raise SlurmError("%s timed out after %.3gs" % (" ".join(argv[:3]), timeout)) from None
-        except OSError as exc:
+            raise SlurmError("%s timed out after %.3gs" % (what, timeout)) from None
+        except (OSError, ValueError) as exc:          # ValueError: an argument holds a NUL byte
             raise SlurmError("%s: %s" % (argv[0], exc)) from None
         if proc.returncode != 0:
-            msg = (proc.stderr or proc.stdout).strip().splitlines()
-            raise SlurmError("%s failed (rc %d): %s" % (" ".join(argv[:3]), proc.returncode, msg[-1] if msg else ""))
+            raise SlurmError("%s failed (rc %d): %s" % (what, proc.returncode, one_line(proc.stderr or proc.stdout)))
         return proc.stdout
 
     def nodes(self, names: Optional[Iterable[str]] = None) -> Dict[str, NodeView]:
@@ -143,14 +149,71 @@ class SlurmCli(Slurm):
         return JobView(str(job_id), comment.strip() if comment.strip() != "(null)" else "",
                        field("ExitCode"), field("DerivedExitCode"))
 
-    def reservations(self) -> Dict[str, str]:
-        """node -> the name of the active reservation it is in (one per node: the first listed)."""
-        active = []
-        for line in self._run(["scontrol", "show", "reservation", "--oneliner"]).splitlines():
-            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-            if fields.get("State", "ACTIVE") == "ACTIVE":
-                active.append((fields.get("ReservationName"), fields.get("Nodes", "")))
-        return reserved_nodes(active)
+    def reboot(self, nodes: Union[str, Sequence[str]], asap: bool = True, nextstate: str = "RESUME",
+               reason: str = "") -> None:
+        """Reboot the nodes through slurm.conf's RebootProgram (slurm_jobs.reboot_argv)."""
+        self._run(sj.reboot_argv(nodes, asap, nextstate, reason))
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec) -> str:
+        """Submit a batch job (sbatch --parsable); its job id."""
+        argv, env = sj.sbatch_argv(spec)
+        return sj.parse_submit(self._run(argv, env=env))
+
+    def jobs(self, ids: Optional[Iterable[str]] = None, name: Optional[str] = None, user: Optional[str] = None,
+             states: Optional[Iterable[str]] = None) -> List[JobInfo]:
+        """The jobs slurmctld holds (pending, running, and finished for MinJobAge after they end),
+        those matching every filter given. squeue --json on 22.05 ignores filters, so none is sent
+        and all apply here; an id list that is given but empty matches nothing. Finished jobs that
+        slurmctld has purged are gone (sacct would have them where accounting is configured)."""
+        ids = None if ids is None else [str(i) for i in ids]
+        if ids is not None and not ids:
+            return []
+        return sj.parse_jobs(self._run(["squeue", "--json"]), ids=ids, name=name, user=user, states=states)
+
+    def cancel(self, job_id: str, signal: Optional[str] = None) -> None:
+        """Cancel the job, or send it ``signal`` (batch script and steps). A job that has ended
+        or is unknown is no error (scancel 22.05 exits 0 for it)."""
+        self._run(sj.cancel_argv(job_id, signal))
+
+    # -- reservations ---------------------------------------------------------------------------
+
+    def reservation_list(self) -> List[ReservationView]:
+        return sj.parse_reservations(self._run(["scontrol", "show", "reservation", "--oneliner"]))
+
+    def create_reservation(self, name: str, nodes: Union[str, Sequence[str]], duration: Union[int, str] = 60,
+                           start: str = "now", flags: Sequence[str] = ("maint", "ignore_jobs"),
+                           users: Sequence[str] = ("root",)) -> str:
+        """Create a reservation (``duration`` minutes or a Slurm time, ``start`` "now", a Slurm time
+        or epoch seconds); the name Slurm gave it. With the default flags, a MAINT reservation
+        that takes the nodes even with jobs on them: only its users' jobs start there."""
+        argv = sj.create_reservation_argv(name, nodes, duration, start, flags, users)
+        return sj.created_name(self._run(argv), name)
+
+    def update_reservation(self, name: str, **fields: Any) -> None:
+        """scontrol update ReservationName=NAME Key=value (Duration=, EndTime=, Nodes=, Users=...)."""
+        self._run(sj.update_reservation_argv(name, **fields))
+
+    def delete_reservation(self, name: str, missing_ok: bool = False) -> None:
+        """Delete the reservation; with ``missing_ok``, one that is already gone is no error."""
+        try:
+            self._run(["scontrol", "delete", "ReservationName=" + sj.reservation_name(name)])
+        except SlurmError as exc:
+            if not (missing_ok and "reservation is invalid" in str(exc).lower()):
+                raise
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """A tool's error output as one line: its distinct lines joined ("scontrol: error: RebootProgram
+    isn't defined; scontrol_reboot_nodes error: Unspecified error")."""
+    lines: List[str] = []
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if line and line not in lines:
+            lines.append(line)
+    out = "; ".join(lines)
+    return out if len(out) <= limit else out[:limit - 3] + "..."
 
 
 def node_features(node: str, timeout: float = 3.0) -> List[str]:

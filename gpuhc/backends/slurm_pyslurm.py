@@ -16,6 +16,14 @@ each flag, the words sinfo --json uses), ``reason``/``comment`` (str or None), `
 ``pyslurm.Job.load(job_id).comment`` and ``pyslurm.Reservations.load()`` (``name``, ``nodes``,
 ``is_active``; pyslurm 25.x; without it, reservations come from scontrol).
 
+Jobs (submit, jobs, cancel), reservations (list, create, update, delete) and reboots go through
+SlurmCli, on purpose: pyslurm's job-submission and reservation APIs differ between its releases
+(``pyslurm.Reservations`` exists only from 25.x) and could not be tested here against the Slurm
+they would talk to, while the command-line tools are the tested path (real-cluster tests), and a
+subprocess that hangs is killed at its timeout, which a pyslurm call holding the GIL is not (see
+below). These calls are rare (controller side: sweep, quarantine), so the cost of a process each
+does not matter.
+
 pyslurm sends an empty string as "no change" (its string setters store NULL), so clearing a
 node comment goes through ``scontrol update NodeName=... Comment=`` instead.
 
@@ -28,10 +36,21 @@ from __future__ import annotations
 
 import importlib
 import re
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ..bounded import Overtime, call_within
-from .slurm import JobView, NodeView, Slurm, SlurmError, exit_status, reserved_nodes, state_words
+from .slurm import (
+    JobInfo,
+    JobSpec,
+    JobView,
+    NodeView,
+    ReservationView,
+    Slurm,
+    SlurmError,
+    exit_status,
+    reserved_nodes,
+    state_words,
+)
 from .slurm_cli import SlurmCli
 
 
@@ -107,6 +126,11 @@ class SlurmPyslurm(Slurm):
 
     # -- plumbing -------------------------------------------------------------------------------
 
+    def _tools(self) -> SlurmCli:
+        """The command-line backend, under this backend's current timeout and deadline."""
+        self._cli.timeout, self._cli.deadline = self.timeout, self.deadline
+        return self._cli
+
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         return bounded(fn, self.time_left("pyslurm " + what), what)
 
@@ -180,7 +204,7 @@ class SlurmPyslurm(Slurm):
             changes[attr] = value
         if changes.get("comment", None) == "":      # pyslurm sends "" as "no change"
             del changes["comment"]
-            self._cli.update_node(name, Comment="")
+            self._tools().update_node(name, Comment="")
             if not changes:
                 return
         lib = self._pyslurm()
@@ -206,9 +230,39 @@ class SlurmPyslurm(Slurm):
         """node -> the name of the active reservation it is in (one per node: the first listed)."""
         lib = self._pyslurm()
         if not hasattr(lib, "Reservations"):          # before pyslurm 25.x: scontrol
-            return self._cli.reservations()
+            return self._tools().reservations()
 
         def load() -> List[Tuple[str, str]]:
             return [(r.name, r.nodes or "") for r in _values(lib.Reservations.load()) if r.is_active]
 
         return reserved_nodes(self._call("Reservations.load()", load))
+
+    # -- through the command-line tools (see the module's docstring for why) ------------------
+
+    def reboot(self, nodes: Union[str, Sequence[str]], asap: bool = True, nextstate: str = "RESUME",
+               reason: str = "") -> None:
+        self._tools().reboot(nodes, asap, nextstate, reason)
+
+    def submit(self, spec: JobSpec) -> str:
+        return self._tools().submit(spec)
+
+    def jobs(self, ids: Optional[Iterable[str]] = None, name: Optional[str] = None, user: Optional[str] = None,
+             states: Optional[Iterable[str]] = None) -> List[JobInfo]:
+        return self._tools().jobs(ids, name, user, states)
+
+    def cancel(self, job_id: str, signal: Optional[str] = None) -> None:
+        self._tools().cancel(job_id, signal)
+
+    def reservation_list(self) -> List[ReservationView]:
+        return self._tools().reservation_list()
+
+    def create_reservation(self, name: str, nodes: Union[str, Sequence[str]], duration: Union[int, str] = 60,
+                           start: str = "now", flags: Sequence[str] = ("maint", "ignore_jobs"),
+                           users: Sequence[str] = ("root",)) -> str:
+        return self._tools().create_reservation(name, nodes, duration, start, flags, users)
+
+    def update_reservation(self, name: str, **fields: Any) -> None:
+        self._tools().update_reservation(name, **fields)
+
+    def delete_reservation(self, name: str, missing_ok: bool = False) -> None:
+        self._tools().delete_reservation(name, missing_ok)
