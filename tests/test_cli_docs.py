@@ -117,9 +117,10 @@ def test_a_prolog_configuration_error_and_store_warnings_reach_syslog(tmp_path):
     assert lines == ["%d gpuhc prolog: error: %s" % (syslog.LOG_ERR, res.stderr.split("gpuhc: error: ", 1)[1].rstrip())]
 
     (tmp_path / "afile").write_text("")
-    cfg = tmp_path / "spool.yaml"
+    os.symlink(str(tmp_path / "afile"), str(tmp_path / "alink"))   # config load does not follow links: a store
+    cfg = tmp_path / "spool.yaml"                                   # under a plain file is refused there
     cfg.write_text("store: %s\nstate_dir: %s\nslurm: {backend: none}\ndetect: {slurm_features: false}\n"
-                   % (tmp_path / "afile" / "store", tmp_path / "state"))
+                   % (tmp_path / "alink" / "store", tmp_path / "state"))
     res, lines = _with_syslog(tmp_path, "prolog", "--simulate", "h100-healthy", "--node", "gpu-001",
                               env={"GPUHC_CONFIG": str(cfg)})
     assert res.returncode == 0, res.stderr

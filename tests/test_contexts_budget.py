@@ -215,14 +215,17 @@ def test_config_or_profiles_on_a_hung_mount_is_an_error_not_a_hung_prolog(tmp_pa
     writes are bounded and spooled, but these files were read on the main thread with no time
     limit: every prolog hung before its budget started, until Slurm's PrologEpilogTimeout (by
     default none at all: the jobs stayed in CONFIGURING). A file that does not answer is a
-    one-line error naming it, exit 2, as an unreadable one already was. (A FIFO with no writer
-    stands for the hung mount: its open() blocks in the kernel the same way.)"""
+    one-line error naming it, exit 2, as an unreadable one already was. (An os.open() that never
+    returns for that file stands for the hung mount; a FIFO no longer does: it is refused at once,
+    as not a regular file.)"""
     shared = tmp_path / "shared"
     shared.mkdir()
     hung = shared / ("config.yaml" if which == "config" else "instance-profiles.conf")
-    os.mkfifo(str(hung))
+    hung.write_text("")
     cfg = str(hung) if which == "config" else config(tmp_path, "profiles: %s\n" % hung)
-    res, wall = gpuhc_patched(READ_WAIT, "prolog", "--simulate", "h100-healthy", cfg=cfg)
+    blocks = "import os, time\n_open = os.open\nos.open = lambda path, *a, **k: " \
+        "time.sleep(3600) if str(path) == %r else _open(path, *a, **k)" % str(hung)
+    res, wall = gpuhc_patched(READ_WAIT + "\n" + blocks, "prolog", "--simulate", "h100-healthy", cfg=cfg)
     assert wall < BUDGET + SLACK, wall
     assert res.returncode == 2, res.stdout + res.stderr
     assert str(hung) in res.stderr and "no answer within 1 s" in res.stderr, res.stderr
