@@ -424,15 +424,25 @@ def resume(ctx: click.Context, nodelist: str, force: bool, as_json: bool) -> Non
 @click.option("--node", metavar="NAME", help=NODE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--no-record", is_flag=True, help="Do not write the result to the store.")
+@click.option("--collect", metavar="NODELIST", help="Run nothing: show these nodes' newest bench figures side by side "
+              "(of --job), with the median and the nodes below it; what sbatch/benchmark.sbatch ends with.")
+@click.option("--job", metavar="JOBID", help="With --collect: only the figures of this Slurm job.")
 @click.pass_context
 def bench(ctx: click.Context, checks: List[str], duration: Optional[float], device: Optional[str], node: Optional[str],
-          as_json: bool, no_record: bool) -> None:
+          as_json: bool, no_record: bool, collect: Optional[str], job: Optional[str]) -> None:
     """Load this node's GPUs: stress with result comparison, matmul/HBM/PCIe/P2P benchmarks, the
     node's all-reduce; print the per-GPU figures and record them. The node must be the job's alone."""
     from .contexts import bench as B
     from .contexts.pipeline import run as run_pipeline
 
     cfg = load_config(ctx)
+    if collect:
+        from .fleet.benchmarks import collect_job
+        from .hostlist import expand
+
+        text, code = collect_job(cfg, expand(collect, "--collect"), job, as_json)
+        click.echo(text)
+        ctx.exit(code)
     if duration is not None:
         if duration <= 0:
             raise GpuhcError("--duration %g: expected a number of seconds above 0" % duration)
@@ -451,6 +461,25 @@ def bench(ctx: click.Context, checks: List[str], duration: Optional[float], devi
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(outcome.exit_code)      # a workload child or a GPU call may still be stuck: do not wait for it
+
+
+@main.command()
+@common_options
+@click.option("-p", "--partition", metavar="PARTITION[,...]", help="Only nodes of these Slurm partitions.")
+@click.option("-n", "--nodes", "nodelist", metavar="NODELIST", help="Only these nodes (hostlist).")
+@click.option("--metric", type=click.Choice(["matmul_tflops", "stress_tflops", "hbm_gbps", "pcie_gbps", "p2p_gbps",
+                                             "busbw_gbps"]), help="Only this figure (default: every one).")
+@click.option("--json", "as_json", is_flag=True, help="JSON: stragglers, drift, groups.")
+@click.pass_context
+def stragglers(ctx: click.Context, partition: Optional[str], nodelist: Optional[str], metric: Optional[str],
+               as_json: bool) -> None:
+    """Nodes slower than the other nodes of their profile (below 90% of the median, or robust z < -3)
+    or than their own best, by their newest benchmark figures in the store. Drains nothing."""
+    from .fleet.benchmarks import stragglers_text
+
+    text, code = stragglers_text(load_config(ctx), partition, nodelist, metric, as_json)
+    click.echo(text)
+    ctx.exit(code)
 
 
 def run() -> None:

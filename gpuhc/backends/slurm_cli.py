@@ -216,9 +216,9 @@ def one_line(text: str, limit: int = 300) -> str:
     return out if len(out) <= limit else out[:limit - 3] + "..."
 
 
-def node_features(node: str, timeout: float = 3.0) -> List[str]:
-    """The node's features; [] when Slurm cannot be asked (used by profile detection)."""
+def node_features(node: str, timeout: float = 3.0, deadline: Optional[float] = None) -> List[str]:
+    """The node's features; [] when Slurm cannot be asked before ``deadline`` (profile detection)."""
     try:
-        return SlurmCli(timeout).features(node)
+        return SlurmCli(timeout, deadline=deadline).features(node)
     except SlurmError:
         return []
