@@ -269,3 +269,20 @@ def test_a_malformed_slurmd_nodename_is_a_one_line_error_never_passed_to_slurm(t
     assert calls_of(calls) == []
     env["SLURMD_NODENAME"] = "gpu-001"
     assert gpuhc("prolog", "--simulate", "h100-xid79", env=env).returncode == 1
+
+
+def test_a_journal_cut_at_the_output_limit_is_not_read_as_if_whole(tmp_path, monkeypatch):
+    """journalctl's cursor is its last line: an output cut at OUTPUT_MAX has none, and reading it
+    would rescan the same start for ever. It counts as unreadable (auto goes on to dmesg)."""
+    from gpuhc.backends import host as H
+
+    def run(self, argv, timeout):
+        if argv[0] == "journalctl":
+            return H.CommandResult(0, "[ 1.0] NVRM: Xid (PCI:0000:5d:00): 79, x\n" * 3, truncated=True)
+        return H.CommandResult(0, "[ 2.0] NVRM: Xid (PCI:0000:5d:00): 48, from dmesg\n")
+
+    monkeypatch.setattr(H.LocalHost, "run", run)
+    with pytest.raises(OSError, match="journalctl"):
+        H.LocalHost(root=str(tmp_path), kernel_log="journal").kernel_log_since(None)
+    chunk = H.LocalHost(root=str(tmp_path), kernel_log="auto").kernel_log_since(None)   # no /dev/kmsg there
+    assert chunk.cursor["source"] == "dmesg" and "from dmesg" in chunk.text

@@ -108,7 +108,9 @@ def test_a_command_output_is_kept_to_its_limit_and_the_command_is_not_blocked(mo
     monkeypatch.setattr(H, "OUTPUT_MAX", 1000)
     res = LocalHost().run(["sh", "-c", "head -c 5000000 /dev/zero; echo done >&2"], timeout=20)
     assert res.rc == 0 and not res.timed_out
-    assert len(res.stdout) == 1000 and res.stderr == "done\n"
+    assert len(res.stdout) == 1000 and res.truncated and res.stderr == "done\n"
+    res = LocalHost().run(["sh", "-c", "head -c 1000 /dev/zero"], timeout=20)
+    assert len(res.stdout) == 1000 and not res.truncated
 
 
 def test_a_nul_byte_in_an_argument_is_a_failed_command_not_a_crash():

@@ -45,6 +45,7 @@ class CommandResult:
     stdout: str = ""
     stderr: str = ""
     timed_out: bool = False
+    truncated: bool = False      # an output stream went past OUTPUT_MAX: only its start is here
 
     @property
     def ok(self) -> bool:
@@ -145,14 +146,16 @@ class LocalHost(Host):
         except BaseException:       # Ctrl-C, or an error of ours: the command does not outlive it
             _kill_group(proc)
             raise
+        truncated = max(len(out), len(err)) > OUTPUT_MAX
+        out, err = out[:OUTPUT_MAX], err[:OUTPUT_MAX]
         if not finished:
             _kill_group(proc)
             try:
                 proc.wait(timeout=self.REAP_WAIT)
             except subprocess.TimeoutExpired:
                 pass            # left behind: it dies, or is reaped, when the kernel lets it
-            return CommandResult(124, _text(out), "%s: timed out after %gs" % (argv[0], timeout), True)
-        return CommandResult(proc.returncode, _text(out), _text(err))
+            return CommandResult(124, _text(out), "%s: timed out after %gs" % (argv[0], timeout), True, truncated)
+        return CommandResult(proc.returncode, _text(out), _text(err), truncated=truncated)
 
     def kernel_log_since(self, cursor: Optional[Dict[str, Any]]) -> LogChunk:
         source = self.kernel_log_source
@@ -185,7 +188,7 @@ class LocalHost(Host):
         if cursor and cursor.get("source") == "journal":
             argv.append("--after-cursor=%s" % cursor["cursor"])
         res = self.run(argv, timeout=10)
-        if not res.ok:
+        if not res.ok or res.truncated:     # cut short, it lacks the cursor its last line gives
             return None
         text, _, tail = res.stdout.rpartition("-- cursor: ")
         if not _:
@@ -215,11 +218,12 @@ class LocalHost(Host):
 _MONO = re.compile(r"^\[\s*(\d+\.\d+)\]")
 
 # Limits on what is read (README "Limits"): a /proc or sysfs file (sysfs gives at most a page);
-# each output stream of a command (the rest is read and dropped, so the command is not blocked);
-# a log file's bytes read by one scan (the rest is read by the next scans: nothing is skipped).
+# each output stream of a command (the rest is read and dropped, so the command is not blocked;
+# CommandResult.truncated says so); a log file's or /dev/kmsg's bytes read by one scan (the rest is
+# read by the next scans: nothing is skipped; 1,000,000 lines fit in one, DESIGN.md's Xid budget).
 READ_MAX = 1 << 20
-OUTPUT_MAX = 32 << 20
-LOG_READ_MAX = 32 << 20
+OUTPUT_MAX = 256 << 20
+LOG_READ_MAX = 128 << 20
 
 
 def read_regular(path: str, limit: int) -> Optional[bytes]:
@@ -257,7 +261,7 @@ def _text(data: bytes) -> str:
 
 def _collect(proc: "subprocess.Popen[bytes]", deadline: float, limit: int) -> Tuple[bytes, bytes, bool]:
     """(stdout, stderr, whether the command ended) by ``deadline`` (time.monotonic()); each stream
-    kept to its first ``limit`` bytes. The command has ended when it exited and both streams are
+    kept to its first ``limit + 1`` bytes (one more than the limit tells a stream that went past it). The command has ended when it exited and both streams are
     closed (a child that keeps them open keeps it running)."""
     import selectors
 
@@ -276,8 +280,8 @@ def _collect(proc: "subprocess.Popen[bytes]", deadline: float, limit: int) -> Tu
                     key.fileobj.close()
                     continue
                 buf = kept[key.fileobj]
-                if len(buf) < limit:
-                    buf += chunk[:limit - len(buf)]
+                if len(buf) <= limit:
+                    buf += chunk[:limit + 1 - len(buf)]
     try:
         proc.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
