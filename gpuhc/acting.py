@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable, Dict, Optional
+from dataclasses import replace
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from . import policy, syslogging
-from .backends.slurm import NodeView, Slurm, SlurmError
+from .backends.slurm import NodeView, Slurm, SlurmError, maint_stale
 from .backends.slurm_cli import SlurmCli
 from .model import Report, Severity
 
@@ -61,6 +62,29 @@ def node_view(slurm: Optional[Slurm], node: str) -> Optional[NodeView]:
         return None
 
 
+MAINT_FLAGS = {"MAINT", "MAINTENANCE"}
+
+
+def in_maintenance(slurm: Slurm, view: NodeView) -> Tuple[NodeView, Optional[str]]:
+    """The node as policy should judge it, and why it is hands-off when an active MAINT reservation
+    covers it (a quarantine job runs exactly there; the MAINTENANCE flag shows 1-5 s after such a
+    reservation starts, so the reservations are asked, on the drain path only). A MAINTENANCE flag
+    no active reservation explains is stale (Slurm 22.05 keeps it for minutes after PURGE_COMP) and
+    is dropped, so it does not freeze gpuhc. Where the reservations cannot be read, the flags decide
+    as before."""
+    try:
+        reservations = slurm.reservation_list()
+    except (SlurmError, NotImplementedError) as exc:
+        log("warning: reservations unreadable, judging by the node's flags: %s" % (exc or "not supported"))
+        return view, None
+    holding = [r for r in reservations if r.active and view.name in r.nodes and "MAINT" in r.flags]
+    if holding:
+        return view, "in maintenance reservation %s" % holding[0].name
+    if maint_stale(view, reservations):
+        view = replace(view, states=set(view.states) - MAINT_FLAGS)
+    return view, None
+
+
 def carry_out(slurm: Slurm, node: str, action: policy.Action, view: Optional[NodeView] = None) -> policy.Action:
     """Carry out a drain, comment or resume; a resume clears the node comment when gpuhc wrote it
     (``view``: the node as seen before). Slurm refusing is a SKIP saying why."""
@@ -88,6 +112,10 @@ def decide_and_act(cfg: Dict[str, Any], report: Report, slurm: Optional[Slurm],
     if overall is Severity.MONITOR and not cfg["slurm"]["comment_monitor"]:
         return policy.Action(policy.NONE, why="monitor: comments disabled")
     view = node_view(slurm, report.node)
+    if slurm is not None and view is not None:
+        view, reserved = in_maintenance(slurm, view)
+        if reserved:
+            return policy.Action(policy.SKIP, policy.drain_reason(report, owns), reserved)
     nodes = None
     if overall.unhealthy and view is not None and not view.drained and cfg["breaker"]["enabled"]:
         try:

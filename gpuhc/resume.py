@@ -6,7 +6,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import policy
-from .acting import carry_out, log, node_view, slurm_backend
+from .acting import carry_out, in_maintenance, log, node_view, slurm_backend
 from .backends.slurm import NodeView, Slurm, SlurmError
 from .model import Report
 
@@ -71,6 +71,9 @@ def resume_nodes(cfg: Dict[str, Any], nodes: Sequence[str], force: bool) -> List
             out.append((node, "skipped", "not drained"))
         elif not view.owned_by_gpuhc:
             out.append((node, "refused", "drained by someone else: %s" % (view.reason or "no reason")))
+        elif in_maintenance(slurm, view)[1]:
+            out.append((node, "refused", "%s: a quarantine runs there (gpuhc quarantine --cancel %s ends it)"
+                        % (in_maintenance(slurm, view)[1], node)))
         elif force:
             store.acknowledge(node)
             action = carry_out(slurm, node, policy.Action(policy.RESUME, why="forced by operator"), view)

@@ -77,7 +77,7 @@ def test_hung_slurm_never_holds_the_prolog_past_its_budget(tmp_path, hang):
     assert "gpuhc prolog REBOOT xid" in res.stdout
     assert calls_of(calls), "Slurm was asked"
     # the drain did not happen, so the job is not requeued by gpuhc, and the result is kept
-    assert res.returncode == 0 and "Slurm" in res.stdout + res.stderr
+    assert res.returncode == 0 and ": skip (" in res.stdout        # the outcome line says why nothing was drained
     show = gpuhc("show", "gpu-001", "--json", env=env)
     assert show.returncode == 0 and '"REBOOT"' in show.stdout
 

@@ -13,6 +13,7 @@ from .. import policy, session, syslogging
 from ..acting import decide_and_act, log, slurm_backend, time_left
 from ..backends.slurm import Slurm
 from ..model import Finding, Report, Severity
+from ..text import clean
 
 
 @dataclass
@@ -81,10 +82,11 @@ def run(cfg: Dict[str, Any], context: NodeContext, node: Optional[str] = None, s
                   checks=list(checks), record=record)
     # checks, Slurm and the store together, counted from the process's exec (interpreter start,
     # imports and config load are inside the budget, as slurmd counts them)
-    deadline = process_started() + C.budget(cfg, context.name)
+    deadline = process_started() + C.budget(cfg, context.name) - EXIT_MARGIN
     if context.to_syslog:
         syslogging.until(deadline)
-    slurm = slurm_backend(cfg, deadline) if context.acts else None
+    # Slurm's calls end in time for the store write: the act share is theirs and the store's
+    slurm = slurm_backend(cfg, deadline - store_share(cfg)) if context.acts else None
     chosen = None if req.checks else context.suite(cfg, req, slurm)
     report, detection, run_ctx = session.run(
         cfg, context.name, suite=chosen, checks=req.checks, node=req.node, simulate=req.simulate,
@@ -94,13 +96,21 @@ def run(cfg: Dict[str, Any], context: NodeContext, node: Optional[str] = None, s
     if action.kind != policy.NONE:
         report.action = action.kind
     notes = context.record(cfg, report, req, deadline) if req.record else []
-    lines = finding_lines(report, action)
+    lines = [clean(line) for line in finding_lines(report, action)]
     if context.to_syslog:
         syslogging.send(lines, "LOG_WARNING" if report.overall.unhealthy else "LOG_INFO")
     return Outcome(report, action, context.exit_code(report, action), detection, run_ctx, lines, notes)
 
 
 STARTUP_MAX = 5.0      # seconds: older than this, the pipeline runs inside a longer-lived process
+EXIT_MARGIN = 0.2      # seconds of the budget kept for printing the result and leaving the process
+
+
+def store_share(cfg: Dict[str, Any]) -> float:
+    """Of the act share (timeouts.act), what is kept for the store write after Slurm's calls:
+    timeouts.store, at most half of it."""
+    act = C.budget(cfg, "prolog") - C.checks_budget(cfg, "prolog")
+    return min(float(cfg["timeouts"]["store"]), act / 2.0)
 
 
 def process_started() -> float:
