@@ -482,5 +482,41 @@ def stragglers(ctx: click.Context, partition: Optional[str], nodelist: Optional[
     ctx.exit(code)
 
 
+@main.command()
+@common_options
+@click.argument("nodelist", required=False)
+@click.option("--force", is_flag=True, help="Take over a node an operator drained (its reason is kept).")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--list", "show_list", is_flag=True, help="Every node in quarantine: reservation, job, state, reason.")
+@click.option("--cancel", is_flag=True, help="End the quarantine of NODELIST: job cancelled, node drained as it came, "
+              "reservation deleted.")
+@click.option("--reconcile", is_flag=True, help="Repair leftovers: reservations with no live job, nodes that left "
+              "quarantine without a verdict (gpuhc sweep runs this).")
+@click.option("--run", "run_here", is_flag=True, help="On the node, inside the quarantine job (sbatch/quarantine.sbatch): "
+              "the quarantine suite, the verdict, acting on it.")
+@click.option("--finish", "finish_node", metavar="NODE", help="After NODE's quarantine job: wait for it to leave Slurm, "
+              "make sure the node carries a verdict, delete the reservation (the job's epilog starts this).")
+@click.option("--job", metavar="JOBID", help="With --finish: the quarantine job.")
+@click.option("--node", metavar="NAME", help=NODE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="JSON objects instead of a table.")
+@click.pass_context
+def quarantine(ctx: click.Context, nodelist: Optional[str], force: bool, dry_run: bool, show_list: bool, cancel: bool,
+               reconcile: bool, run_here: bool, finish_node: Optional[str], job: Optional[str], node: Optional[str],
+               as_json: bool) -> None:
+    """Exclusive deep diagnostics on suspect nodes through a maintenance reservation, and a verdict:
+    return to service, reset, reboot or replace. Run on the controller or a login node."""
+    from . import quarantine_cli as Q
+
+    text, code = Q.main(load_config(ctx), nodelist=nodelist, force=force, dry_run=dry_run, show_list=show_list,
+                        cancel=cancel, reconcile=reconcile, run_here=run_here, finish_node=finish_node, job=job,
+                        node=node, simulate=_state(ctx).get("simulate"), as_json=as_json)
+    if text:
+        click.echo(text)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+
 def run() -> None:
     main(prog_name="gpuhc")

@@ -108,6 +108,19 @@ def defaults() -> Dict[str, Any]:
         # per-job opt-out of the slow parts (the failure suite): a job whose --comment holds the
         # token gets the quick epilog suite; only where the operator allows it
         "job_optout": {"allowed": False, "token": "gpuhc:skip-slow"},
+        # `gpuhc quarantine NODELIST`: a MAINT reservation on the node (for `reservation_user`), the
+        # node resumed inside it, and sbatch `script` (default: sbatch/quarantine.sbatch beside the
+        # package) -w NODE --exclusive --reservation, --time time_limit s, --deadline `deadline` s
+        # after submission; the reservation lasts time_limit + deadline + `grace`. At most
+        # max_concurrent nodes in quarantine at once, and max_per_partition in one partition.
+        # auto_reset: on a RESET verdict, reset the GPUs and rerun the failing checks once;
+        # auto_reboot: on a REBOOT verdict, `scontrol reboot ASAP nextstate=DOWN`.
+        # finish_wait: how long the finisher (spawned by the quarantine job's epilog) waits for the
+        # job to leave Slurm before deleting the reservation.
+        "quarantine": {"max_concurrent": 4, "max_per_partition": 2, "time_limit": 7200.0, "deadline": 3600.0,
+                       "grace": 1800.0, "partition": "", "qos": "", "script": None,
+                       "output": "/tmp/gpuhc-quarantine-%j.out", "reservation_user": "root", "auto_reset": True,
+                       "auto_reboot": False, "timeout": 120.0, "finish_wait": 600.0},
     }
 
 
@@ -165,6 +178,10 @@ SCHEMA: Dict[str, Any] = {
     "resume": {"auto": "bool", "passes": "count", "suite_depth": MapOf("str", "count")},
     "epilog": {"failure_suite": "str", "kill_leftover_processes": "bool", "ask_slurm_exit_code": "bool"},
     "job_optout": {"allowed": "bool", "token": "str"},
+    "quarantine": {"max_concurrent": "count", "max_per_partition": "count", "time_limit": SECONDS,
+                   "deadline": SECONDS, "grace": SECONDS, "partition": "str", "qos": "str", "script": "str?",
+                   "output": "str", "reservation_user": "str", "auto_reset": "bool", "auto_reboot": "bool",
+                   "timeout": SECONDS, "finish_wait": SECONDS},
 }
 
 

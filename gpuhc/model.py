@@ -239,6 +239,9 @@ class Report:
     # What gpuhc did with the result, when policy decided something: "drain", "would-drain" (the
     # breaker held a drain back), "quarantine", "resume"; None when nothing was decided (gpuhc check).
     action: Optional[str] = None
+    # a quarantine's decision (contexts/quarantine.py VERDICTS): RETURN_TO_SERVICE, RESET, REBOOT,
+    # REPLACE or INCONCLUSIVE; None for every other run
+    verdict: Optional[str] = None
 
     @property
     def overall(self) -> Severity:
@@ -273,6 +276,7 @@ class Report:
             "gpuhc_version": self.gpuhc_version,
             "overall": self.overall.value,
             "action": self.action,
+            "verdict": self.verdict,
             "gpus": list(self.gpus),
             "findings": [f.to_dict() for f in self.findings],
         }
@@ -304,4 +308,5 @@ class Report:
             gpuhc_version=_field(d, "gpuhc_version", str, "", "") or "",
             schema_version=version,
             action=_field(d, "action", str, ""),
+            verdict=_field(d, "verdict", str, ""),
         )

@@ -11,7 +11,7 @@ import importlib
 from typing import Any, Dict, Optional
 
 MODULES = {"prolog": "prolog", "epilog": "epilog", "healthcheck": "healthcheck", "check": "check",
-           "bench": "bench"}
+           "bench": "bench", "quarantine": "quarantine"}
 
 
 def get(name: str):

@@ -147,5 +147,10 @@ class Epilog(NodeContext):
     def owns(self, run_ctx: Any) -> Optional[Callable[[Any], bool]]:
         return lambda finding: job_owns(run_ctx, finding)
 
+    def after_record(self, cfg: Dict[str, Any], req: Request, report: Any) -> List[str]:
+        from .quarantine import after_epilog
+
+        return after_epilog(cfg, report.node, req.env)
+
 
 CONTEXT = Epilog()

@@ -73,6 +73,10 @@ class NodeContext:
     def exit_code(self, report: Report, action: policy.Action) -> int:
         return 0
 
+    def after_record(self, cfg: Dict[str, Any], req: Request, report: Report) -> List[str]:
+        """A last step once the result is recorded (the epilog of a quarantine job); notes for stderr."""
+        return []
+
 
 def run(cfg: Dict[str, Any], context: NodeContext, node: Optional[str] = None, simulate: Optional[str] = None,
         env: Optional[Dict[str, str]] = None, suite: Optional[str] = None, checks=(), record: bool = True,
@@ -96,6 +100,7 @@ def run(cfg: Dict[str, Any], context: NodeContext, node: Optional[str] = None, s
     if action.kind != policy.NONE:
         report.action = action.kind
     notes = context.record(cfg, report, req, deadline) if req.record else []
+    notes += context.after_record(cfg, req, report)
     lines = [clean(line) for line in finding_lines(report, action)]
     if context.to_syslog:
         syslogging.send(lines, "LOG_WARNING" if report.overall.unhealthy else "LOG_INFO")

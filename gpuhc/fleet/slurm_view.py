@@ -20,11 +20,12 @@ def slurm_view(cfg: Dict[str, Any], names: Optional[Sequence[str]] = None) -> Op
         log("warning: showing the store alone: %s" % exc)
         return None
     reservations: Dict[str, str] = {}
-    if any(v.states & {"MAINTENANCE", "MAINT", "RESERVED"} for v in nodes.values()):
-        try:
-            reservations = slurm.reservations()      # quarantine runs in a reservation
-        except SlurmError as exc:
-            log("warning: reservations unreadable: %s" % exc)
+    try:
+        # quarantine runs in a reservation; asked whatever the flags say: MAINTENANCE and RESERVED
+        # show seconds after a reservation starts
+        reservations = slurm.reservations()
+    except SlurmError as exc:
+        log("warning: reservations unreadable: %s" % exc)
     return {name: {"state": sorted(v.states), "reason": v.reason, "partitions": v.partitions,
                    "reservation": reservations.get(name, "")}
             for name, v in nodes.items()}
