@@ -40,6 +40,7 @@ from .errors import GpuhcError
 from .hostlist import expand, fold, natural_key
 from .model import Report, Severity
 from .store import Store, StoreError, check_node_name
+from .text import clean
 
 FUTURE_SLACK = 300.0     # seconds a result may be dated ahead of the reader's clock (skew) before it is stale
 STATES = ("healthy", "monitor", "stale", "never-checked", "error", "would-drain", "unhealthy", "drained",
@@ -69,14 +70,14 @@ class NodeStatus:
     action: str = ""
 
     def to_dict(self, now: float) -> Dict[str, Any]:
-        checked = self.last_ts is not None
         return {"node": self.node, "partitions": [p for p in self.partitions if p != "-"], "health": self.health,
                 "severity": None if self.severity == "-" else self.severity, "reason": self.reason or None,
                 "where": self.where or None,
                 "slurm": None if self.slurm_state == "-" else {"state": self.slurm_state,
                                                                "reason": self.slurm_reason or None},
-                "last_check": _iso(self.last_ts) if checked else None,
-                "last_check_ts": self.last_ts, "age_s": round(now - self.last_ts, 1) if checked else None,
+                "last_check": _iso(self.last_ts) if self.last_ts is not None else None,
+                "last_check_ts": self.last_ts,
+                "age_s": round(now - self.last_ts, 1) if self.last_ts is not None else None,
                 "context": self.context or None, "job_id": self.job_id or None, "profile": self.profile or None,
                 "action": self.action or None}
 
@@ -150,7 +151,7 @@ def node_status(node: str, summary: Optional[Mapping[str, Any]], slurm: Optional
         st.health = "quarantine" if st.action == "quarantine" else "drained"
     elif summary is None:
         st.health, st.reason = "never-checked", "never checked"
-    elif now - st.last_ts > stale_after or st.last_ts - now > FUTURE_SLACK:
+    elif st.last_ts is not None and (now - st.last_ts > stale_after or st.last_ts - now > FUTURE_SLACK):
         # a result dated ahead (a node whose clock ran ahead) says nothing of how long ago the node
         # last checked: it would show healthy until that date after the node died
         why = ("no result for more than %s" % _duration(stale_after) if now - st.last_ts > stale_after else
@@ -192,7 +193,7 @@ def select(statuses: Iterable[NodeStatus], partitions: Optional[Sequence[str]] =
            nodes: Optional[Sequence[str]] = None, states: Optional[Sequence[str]] = None,
            reasons_only: bool = False) -> List[Row]:
     wanted_nodes = set(nodes) if nodes is not None else None
-    rows = []
+    rows: List[Row] = []
     for st in statuses:
         if wanted_nodes is not None and st.node not in wanted_nodes:
             continue
@@ -243,7 +244,6 @@ DEFAULT_FORMAT = "%P  %t  %s  %.D  %N"
 NODE_FORMAT = "%N  %P  %t  %s  %L  %c  %j  %W  %R"
 REASON_FORMAT = "%R  %s  %.D  %N"
 _TOKEN = re.compile(r"%(\.)?(\d*)(.)|[^%]+|%$", re.S)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
@@ -316,7 +316,7 @@ def render(tokens: List[Any], rows: List[Row], group: bool, now: float, auto_wid
             parts.append([tok] * (lines + 1))
             continue
         texts = [node_header if tok.letter == "N" else FIELDS[tok.letter][0]] + \
-            [_CONTROL.sub(" ", t) for t in columns[tok.letter]]     # one line per row, whatever a message holds
+            [clean(t) for t in columns[tok.letter]]     # one line per row, whatever a message holds (text.clean)
         width = tok.width
         if width is None and auto_width:
             width = max(map(len, texts))

@@ -30,7 +30,7 @@ def test_env_variable_names_the_file(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("text,needle", [
-    ("stroe: /x\n", "unknown key 'stroe' (known: breaker,"),
+    ("stroe: /x\n", "unknown key 'stroe' (known: allreduce_node, breaker,"),
     ("timeouts:\n  chek: 3\n", "timeouts: unknown key 'chek'"),
     ("timeouts:\n  check: soon\n", "timeouts.check: expected a number of seconds above 0, got 'soon'"),
     ("timeouts:\n  budget: {prolog: fast}\n", "timeouts.budget.prolog: expected a number of seconds above 0"),
@@ -48,11 +48,11 @@ def test_env_variable_names_the_file(tmp_path, monkeypatch):
     ("xid: {overrides: {abc: REBOOT}}\n", "xid.overrides: key 'abc': expected an index"),
     ("xid: {sxid_overrides: {x12: REBOOT}}\n", "xid.sxid_overrides: key 'x12': expected an index"),
     ("timeouts: {budget: {prologue: 5}}\n", "timeouts.budget: unknown key 'prologue' (known: bench, check, epilog"),
-    ("timeouts: {checks: {nosuch: 3}}\n", "timeouts.checks: unknown key 'nosuch' (known: clocks, dcgm"),
+    ("timeouts: {checks: {nosuch: 3}}\n", "timeouts.checks: unknown key 'nosuch' (known: allreduce_node, clocks, dcgm"),
     ("context_suites: {prologue: prolog}\n", "context_suites: unknown key 'prologue'"),
     ("context_suites: {prolog: nosuch}\n", "context_suites.prolog: unknown suite 'nosuch'"),
     ("suites: {quick: [xid, nonsense]}\n", "suites.quick[1]: unknown check 'nonsense'"),
-    ("epilog: {failure_suite: deep}\n", "epilog.failure_suite: unknown suite 'deep'"),
+    ("epilog: {failure_suite: deeper}\n", "epilog.failure_suite: unknown suite 'deeper'"),
     ("dcgm: {level: 9}\n", "dcgm.level: a DCGM run level is 1 to 4, got 9"),
     ("dcgm: {levels: {sweep: 0}}\n", "dcgm.levels.sweep: a DCGM run level is 1 to 4, got 0"),
     ("dcgm: {levels: {swep: 2}}\n", "dcgm.levels: unknown key 'swep'"),

@@ -131,31 +131,8 @@ class LocalHost(Host):
     REAP_WAIT = 2.0     # after a kill: a process stuck in the kernel (D state) cannot die; do not wait on it
 
     def run(self, argv: Sequence[str], timeout: float) -> CommandResult:
-        """The command's exit status and output (each stream's first OUTPUT_MAX bytes). It runs in a
-        session and process group of its own: one given up at ``timeout`` is killed with every
-        process it started (a journalctl's pager, a dcgmi's helpers), none is left behind."""
-        try:
-            proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, start_new_session=True)
-        except FileNotFoundError:
-            return CommandResult(127, "", "%s: command not found" % argv[0])
-        except (OSError, ValueError) as exc:        # ValueError: a NUL byte in an argument
-            return CommandResult(126, "", "%s: %s" % (argv[0], exc))
-        try:
-            out, err, finished = _collect(proc, time.monotonic() + max(0.0, timeout), OUTPUT_MAX)
-        except BaseException:       # Ctrl-C, or an error of ours: the command does not outlive it
-            _kill_group(proc)
-            raise
-        truncated = max(len(out), len(err)) > OUTPUT_MAX
-        out, err = out[:OUTPUT_MAX], err[:OUTPUT_MAX]
-        if not finished:
-            _kill_group(proc)
-            try:
-                proc.wait(timeout=self.REAP_WAIT)
-            except subprocess.TimeoutExpired:
-                pass            # left behind: it dies, or is reaped, when the kernel lets it
-            return CommandResult(124, _text(out), "%s: timed out after %gs" % (argv[0], timeout), True, truncated)
-        return CommandResult(proc.returncode, _text(out), _text(err), truncated=truncated)
+        """The command's exit status and output: run_command's."""
+        return run_command(argv, timeout, reap_wait=self.REAP_WAIT)
 
     def kernel_log_since(self, cursor: Optional[Dict[str, Any]]) -> LogChunk:
         source = self.kernel_log_source
@@ -224,6 +201,38 @@ _MONO = re.compile(r"^\[\s*(\d+\.\d+)\]")
 READ_MAX = 1 << 20
 OUTPUT_MAX = 256 << 20
 LOG_READ_MAX = 128 << 20
+
+
+
+def run_command(argv: Sequence[str], timeout: float, env: Optional[Dict[str, str]] = None,
+                reap_wait: float = 2.0) -> CommandResult:
+    """The command's exit status and output (each stream's first OUTPUT_MAX bytes). It runs in a
+    session and process group of its own: one given up at ``timeout`` is killed with every process
+    it started (a journalctl's pager, a dcgmi's helpers, an scontrol's children), none is left
+    behind. The one place gpuhc runs a command (the host's, and the Slurm command-line tools').
+    ``env``: the whole environment of the command (default: this process's)."""
+    try:
+        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True, env=env)
+    except FileNotFoundError:
+        return CommandResult(127, "", "%s: command not found" % argv[0])
+    except (OSError, ValueError) as exc:        # ValueError: a NUL byte in an argument
+        return CommandResult(126, "", "%s: %s" % (argv[0], exc))
+    try:
+        out, err, finished = _collect(proc, time.monotonic() + max(0.0, timeout), OUTPUT_MAX)
+    except BaseException:       # Ctrl-C, or an error of ours: the command does not outlive it
+        _kill_group(proc)
+        raise
+    truncated = max(len(out), len(err)) > OUTPUT_MAX
+    out, err = out[:OUTPUT_MAX], err[:OUTPUT_MAX]
+    if not finished:
+        _kill_group(proc)
+        try:
+            proc.wait(timeout=reap_wait)
+        except subprocess.TimeoutExpired:
+            pass            # left behind: it dies, or is reaped, when the kernel lets it
+        return CommandResult(124, _text(out), "%s: timed out after %gs" % (argv[0], timeout), True, truncated)
+    return CommandResult(proc.returncode, _text(out), _text(err), truncated=truncated)
 
 
 def read_regular(path: str, limit: int) -> Optional[bytes]:

@@ -13,10 +13,10 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from . import slurm_jobs as sj
+from .host import OUTPUT_MAX, run_command
 from .slurm import JobInfo, JobSpec, JobView, NodeView, ReservationView, Slurm, SlurmError, state_words
 
 
@@ -107,16 +107,17 @@ class SlurmCli(Slurm):
             raise SlurmError("%s not found" % argv[0])
         what = " ".join(argv[:3])
         timeout = self.time_left(what, timeout)
-        try:
-            proc = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=timeout, env=dict(os.environ, **env) if env else None)
-        except subprocess.TimeoutExpired:
-            raise SlurmError("%s timed out after %.3gs" % (what, timeout)) from None
-        except (OSError, ValueError) as exc:          # ValueError: an argument holds a NUL byte
-            raise SlurmError("%s: %s" % (argv[0], exc)) from None
-        if proc.returncode != 0:
-            raise SlurmError("%s failed (rc %d): %s" % (what, proc.returncode, one_line(proc.stderr or proc.stdout)))
-        return proc.stdout
+        # host.run_command: its own process group, killed whole at the timeout; output bounded
+        res = run_command(argv, timeout, env=dict(os.environ, **env) if env else None, reap_wait=0.5)
+        if res.timed_out:
+            raise SlurmError("%s timed out after %.3gs" % (what, timeout))
+        if res.rc in (126, 127) and not res.stdout:
+            raise SlurmError("%s: %s" % (argv[0], one_line(res.stderr)))
+        if res.rc != 0:
+            raise SlurmError("%s failed (rc %d): %s" % (what, res.rc, one_line(res.stderr or res.stdout)))
+        if res.truncated:
+            raise SlurmError("%s: output past %d bytes" % (what, OUTPUT_MAX))
+        return res.stdout
 
     def nodes(self, names: Optional[Iterable[str]] = None) -> Dict[str, NodeView]:
         argv = ["sinfo", "--json", "--Node"]      # 23.11+: a record per node, never a group

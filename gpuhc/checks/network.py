@@ -39,7 +39,7 @@ EFA_PREFIXES = ("rdmap", "efa")
 PORT_FILES = {"state": "state", "phys_state": "phys_state", "rate": "rate", "link_layer": "link_layer",
               "link_downed": "counters/link_downed"}
 _MEMLOCK = re.compile(r"^Max locked memory\s+(\S+)\s+(\S+)", re.M)
-_RATE = re.compile(r"([\d.]+)\s*Gb/sec")
+_RATE = re.compile(r"(?<![\d.])([\d.]+)\s*Gb/sec")       # anchored: linear on a long run of digits
 
 
 def _read(host, path: str) -> Optional[str]:
