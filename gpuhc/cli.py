@@ -484,6 +484,63 @@ def stragglers(ctx: click.Context, partition: Optional[str], nodelist: Optional[
 
 @main.command()
 @common_options
+@click.option("-p", "--partition", metavar="PARTITION[,...]", help="Only idle nodes of these Slurm partitions.")
+@click.option("--max-nodes", type=int, metavar="N", help="At most N jobs this run (default sweep.max_nodes).")
+@click.option("--interval", metavar="DURATION",
+              help="Skip nodes deep-checked within DURATION (30m, 24h, 7d; default sweep.interval).")
+@click.option("--suite", metavar="NAME", help="The suite the jobs run (default context_suites.sweep).")
+@click.option("--dry-run", is_flag=True, help="Print what would be submitted; submit and change nothing.")
+@click.option("--run-here", is_flag=True,
+              help="On a node: run the sweep's checks here and act on them (what sbatch/sweep.sbatch runs; "
+                   "takes --node, --suite, --json).")
+@click.option("--node", metavar="NAME", help=NODE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="JSON: what was chosen and why, job ids, the quarantine step.")
+@click.pass_context
+def sweep(ctx: click.Context, partition: Optional[str], max_nodes: Optional[int], interval: Optional[str],
+          suite: Optional[str], dry_run: bool, run_here: bool, node: Optional[str], as_json: bool) -> None:
+    """Controller (cron): send short exclusive check jobs to the idle nodes deep-checked longest
+    ago, a few at a time; only one sweep runs at a time. With --run-here: the job's step on its node."""
+    cfg = load_config(ctx)
+    if run_here:
+        from .contexts import sweep as S
+        from .contexts.pipeline import run as run_pipeline
+
+        extra = [n for n, v in (("-p", partition), ("--max-nodes", max_nodes), ("--interval", interval),
+                                ("--dry-run", dry_run)) if v not in (None, False)]
+        if extra:
+            raise GpuhcError("--run-here runs the checks on this node: %s is the controller's" % ", ".join(extra))
+        logging.getLogger("gpuhc").addHandler(_SyslogHandler("sweep"))
+        outcome = run_pipeline(cfg, S.CONTEXT, node=node, simulate=_state(ctx).get("simulate"), suite=suite,
+                               progress=S.progress_to_stderr)
+        if as_json:
+            emit_json(dict(outcome.report.to_dict(), action=outcome.action.to_dict(), exit_code=outcome.exit_code))
+        else:
+            click.echo("\n".join(outcome.lines))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(outcome.exit_code)     # never wait for a check thread stuck in the GPU library
+    from .controller.sweep import sweep as run_sweep
+    from .controller.sweep import text
+    from .status import parse_duration
+
+    if node:
+        raise GpuhcError("--node goes with --run-here (the controller picks the nodes)")
+    result = run_sweep(cfg, partitions=partition.split(",") if partition else None, max_nodes=max_nodes,
+                       interval=parse_duration(interval, "--interval") if interval else None, suite=suite,
+                       dry_run=dry_run)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        click.echo(text(result), err=not result.ran)
+    for note in result.notes:
+        click.echo("gpuhc sweep: %s" % note, err=True)
+    if result.error:
+        click.echo("gpuhc sweep: error: %s" % result.error, err=True)
+    ctx.exit(result.exit_code)
+
+
+@main.command()
+@common_options
 @click.argument("nodelist", required=False)
 @click.option("--force", is_flag=True, help="Take over a node an operator drained (its reason is kept).")
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")

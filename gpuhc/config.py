@@ -121,6 +121,17 @@ def defaults() -> Dict[str, Any]:
                        "grace": 1800.0, "partition": "", "qos": "", "script": None,
                        "output": "/tmp/gpuhc-quarantine-%j.out", "reservation_user": "root", "auto_reset": True,
                        "auto_reboot": False, "timeout": 120.0, "finish_wait": 600.0},
+        # `gpuhc sweep` (cron on the controller): at most max_nodes jobs a run, and never more sweep
+        # jobs in a partition than max_idle_fraction of its idle nodes (at least one); a node is
+        # swept again once `interval` s have passed since its newest sweep/quarantine/bench record.
+        # Each job: sbatch `script` (default: sbatch/sweep.sbatch beside the package) -w NODE
+        # --exclusive, --time time_limit s, --deadline `deadline` s after submission (Slurm drops a
+        # job that cannot end by then), partition (default: the node's own), qos, nice (yield to
+        # users' jobs), stdout to `output`. `timeout`: the whole run's Slurm calls (then exit 3).
+        # auto_quarantine: send nodes gpuhc drained at RESET (REBOOT once rebooted) to quarantine
+        "sweep": {"max_nodes": 4, "max_idle_fraction": 0.1, "interval": 86400.0, "time_limit": 1800.0,
+                  "deadline": 3600.0, "partition": "", "qos": "", "nice": 1000, "auto_quarantine": False,
+                  "script": None, "output": "/tmp/gpuhc-sweep-%j.out", "timeout": 120.0},
     }
 
 
@@ -182,6 +193,9 @@ SCHEMA: Dict[str, Any] = {
                    "deadline": SECONDS, "grace": SECONDS, "partition": "str", "qos": "str", "script": "str?",
                    "output": "str", "reservation_user": "str", "auto_reset": "bool", "auto_reboot": "bool",
                    "timeout": SECONDS, "finish_wait": SECONDS},
+    "sweep": {"max_nodes": "count", "max_idle_fraction": NUM, "interval": SECONDS, "time_limit": SECONDS,
+              "deadline": SECONDS, "partition": "str", "qos": "str", "nice": "int?", "auto_quarantine": "bool",
+              "script": "str?", "output": "str", "timeout": SECONDS},
 }
 
 
@@ -326,6 +340,31 @@ def _check_meaning(cfg: Dict[str, Any], data: Dict[str, Any], source: str) -> No
         raise fail("breaker.max_fraction", "a fraction is 0 to 1, got %r" % cfg["breaker"]["max_fraction"])
     if cfg["resume"]["passes"] < 1:
         raise fail("resume.passes", "at least 1 pass is needed, got %d" % cfg["resume"]["passes"])
+    _check_sweep(cfg, data, fail)
+
+
+def _check_sweep(cfg: Dict[str, Any], data: Dict[str, Any], fail: Any) -> None:
+    """The sweep section: what its types cannot say (a job that can never run or end in time)."""
+    sweep = cfg["sweep"]
+    if sweep["max_idle_fraction"] > 1:
+        raise fail("sweep.max_idle_fraction", "a fraction is 0 to 1, got %r" % sweep["max_idle_fraction"])
+    for key in ("partition", "qos"):
+        if any(c.isspace() or c == "\0" for c in sweep[key]):
+            raise fail("sweep.%s" % key, "a Slurm %s name has no spaces, got %r" % (key, sweep[key]))
+    if sweep["time_limit"] <= budget(cfg, "sweep"):
+        raise fail("sweep.time_limit", "the job's time limit (%g s) must exceed timeouts.budget.sweep (%g s), "
+                   "or Slurm ends the job before it acts on what it found" % (sweep["time_limit"], budget(cfg, "sweep")))
+    if sweep["deadline"] <= sweep["time_limit"]:
+        raise fail("sweep.deadline", "Slurm drops a job that cannot end by its deadline: %g s after submission "
+                   "leaves no time to start a job of time_limit %g s" % (sweep["deadline"], sweep["time_limit"]))
+    script = (data.get("sweep") or {}).get("script")
+    if isinstance(script, str):
+        if not os.path.isabs(script):
+            raise fail("sweep.script", "expected an absolute path (cron runs gpuhc from another directory), got %r"
+                       % script)
+        problem = _path_problem(script, "file")
+        if problem:
+            raise fail("sweep.script", problem)
 
 
 def load(path: Optional[str] = None) -> Dict[str, Any]:

@@ -81,6 +81,25 @@ def summarize(report: Report) -> Dict[str, Any]:
             "overall": overall.value, "action": report.action, "top": top}
 
 
+def newest_by_context(previous: Optional[Dict[str, Any]], report: Report) -> Dict[str, float]:
+    """The summary's ``last``: context -> start time of the node's newest report of that context
+    (`gpuhc sweep` reads when each node was last deep-checked from it), carried over from the
+    previous summary (``previous``: None when there is none) and brought up to ``report``."""
+    last: Dict[str, float] = {}
+    if previous is not None:
+        old = previous.get("last")
+        if isinstance(old, dict):
+            last.update({c: float(t) for c, t in old.items()
+                         if isinstance(c, str) and isinstance(t, (int, float)) and valid_ts(t)})
+        context, ts = previous.get("context"), previous.get("started_ts")
+        if isinstance(context, str) and isinstance(ts, (int, float)) and valid_ts(ts) \
+                and ts > last.get(context, float("-inf")):
+            last[context] = float(ts)
+    if report.started > last.get(report.context, float("-inf")):
+        last[report.context] = round(report.started, 3)
+    return last
+
+
 _SEVERITIES = frozenset(s.value for s in Severity)
 _OPTIONAL_TEXT = {"node": str, "context": str, "job_id": (str, int), "profile": str, "action": str}
 
@@ -109,6 +128,9 @@ def summary_problem(summary: Any) -> Optional[str]:
         for key in ("check", "severity", "where", "message"):
             if top.get(key) is not None and not isinstance(top[key], str):
                 return "field top.%s: %s is not a string" % (key, json_repr(top[key]))
+    last = summary.get("last")
+    if last is not None and (not isinstance(last, dict) or not all(valid_ts(t) for t in last.values())):
+        return "field last: %s is not an object of times" % json_repr(last)
     history = summary.get("history")
     if history is not None:
         if not isinstance(history, dict):
@@ -401,6 +423,7 @@ class Store:
             # no summary to compare with: latest.json says whether this record is the newest
             newest = self._latest_file(directory)
             current = summarize(newest) if newest is not None else None
+        last = newest_by_context(current, report)
         # the newest by start time; a newest from a clock that ran ahead (later than now on this
         # node's clock, which wrote it) does not hold back every result after the clock was set right
         if current is None or report.started >= float(current["started_ts"]) \
@@ -408,6 +431,7 @@ class Store:
             atomic_write(os.path.join(directory, LATEST), line)
             current = summarize(report)
         current["history"] = history
+        current["last"] = last
         atomic_write(os.path.join(directory, SUMMARY), encode(current))
         if fsync_dir:
             _fsync_dir(directory)
