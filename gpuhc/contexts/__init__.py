@@ -11,7 +11,8 @@ import importlib
 from typing import Any, Dict, Optional
 
 MODULES = {"prolog": "prolog", "epilog": "epilog", "healthcheck": "healthcheck", "check": "check",
-           "bench": "bench", "quarantine": "quarantine"}
+           "bench": "bench", "sweep": "sweep",
+           "quarantine": "quarantine"}
 
 
 def get(name: str):
