@@ -23,6 +23,7 @@ import stat
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
+from . import trust
 from .errors import GpuhcError
 from .hostlist import expand, fold
 from .model import Finding, Report, Severity, overall_severity
@@ -45,7 +46,7 @@ def _name(*parts: str) -> str:
     return name if not name[:1].isdigit() else "_" + name
 
 
-def _number(value: object) -> str:
+def _number(value: float) -> str:
     if type(value) is int:
         return str(value)
     x = float(value)      # bool and float
@@ -63,7 +64,7 @@ class _Families:
     def __init__(self) -> None:
         self.families: "OrderedDict[str, Tuple[str, List[str]]]" = OrderedDict()
 
-    def add(self, name: str, help_text: str, labels: str, value: object) -> None:
+    def add(self, name: str, help_text: str, labels: str, value: float) -> None:
         family = self.families.get(name)
         if family is None:
             family = self.families[name] = (help_text, [])
@@ -107,9 +108,9 @@ def _add_report(fam: _Families, node: str, report: Report) -> None:
     for check, findings in by_check.items():
         fam.add("gpuhc_check_severity", SEVERITY_FAMILY_HELP, n + "," + _label("check", check),
                 _check_severity(findings).rank)
-    for sev, count in counts.items():
+    for sev, found in counts.items():
         fam.add("gpuhc_findings", "Findings in the node's newest report, by severity",
-                n + "," + _label("severity", sev.value), count)
+                n + "," + _label("severity", sev.value), found)
     seen = set()                               # (family, labels): the most severe finding's value wins
     xids: "OrderedDict[str, float]" = OrderedDict()
     for f in report.top_findings():
@@ -182,9 +183,14 @@ def export_prometheus(cfg: Dict, output: Optional[str] = None, nodelist: Optiona
 
 
 def output_target(output: str) -> str:
-    """The file that ``--output`` names, symlinks resolved (the link is kept, its target replaced);
-    GpuhcError when that exists and is not a regular file: renaming over a device, a FIFO or a
-    directory would replace it, not write to it."""
+    """The file that ``--output`` names, symlinks resolved (the link is kept, its target replaced)
+    where nobody else could have planted them: a link must be root's (or this user's) in a
+    directory others cannot write, else GpuhcError (gpuhc/trust.py); also when the target exists
+    and is not a regular file: renaming over a device, a FIFO or a directory would replace it, not
+    write to it. The file is then written beside its target (O_EXCL, O_NOFOLLOW) and renamed over it."""
+    problem = trust.path_problem(output)
+    if problem:
+        raise GpuhcError("--output %s: refused: %s" % (output, problem))
     target = os.path.realpath(output)
     try:
         st = os.stat(target)

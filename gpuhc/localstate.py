@@ -1,37 +1,97 @@
 """Small per-node state on local disk (never shared storage): caches and cursors, as JSON files
-written atomically. A failure to read or write is never fatal: the caller recomputes."""
+written atomically. A failure to read or write is never fatal: the caller recomputes.
+
+Nothing another user can write is believed (gpuhc/trust.py): the state directory and the
+directories above it must be owned by root (or the user gpuhc runs as) and not writable by group
+or others, and a state file must be a regular file of root's (or the user's), at most
+MAX_STATE_BYTES. Otherwise a read returns None and a write does nothing, with a warning naming the
+path and the fix (once per process): a file another user planted (an Xid 79 "already seen")
+must not turn a REBOOT into a PASS."""
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import tempfile
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Set
+
+from . import trust
+
+log = logging.getLogger("gpuhc.localstate")
+
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+LOCK_MODE = 0o600   # whoever can open a lock can flock it, and hold every writer that waits for it
+MAX_STATE_BYTES = 16 << 20
+_warned: Set[str] = set()
+
+
+def _warn_once(problem: str) -> None:
+    if problem not in _warned:
+        _warned.add(problem)
+        log.warning("local state not used: %s", problem)
+
+
+def untrusted(state_dir: str) -> Optional[str]:
+    """Why the state directory cannot be trusted (one line with the fix), or None."""
+    return trust.directory_problem(state_dir)
 
 
 def read(state_dir: str, name: str) -> Optional[Any]:
-    try:
-        with open(os.path.join(state_dir, name + ".json")) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
+    path = os.path.join(state_dir, name + ".json")
+    problem = untrusted(state_dir)
+    if problem:
+        _warn_once(problem)
         return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        problem = trust.file_problem(path, os.fstat(fd))
+        if problem:
+            _warn_once(problem)
+            return None
+        data = os.read(fd, MAX_STATE_BYTES + 1)
+        if len(data) > MAX_STATE_BYTES:
+            _warn_once("%s: larger than %d bytes" % (path, MAX_STATE_BYTES))
+            return None
+        return json.loads(data)
+    except (OSError, ValueError, RecursionError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _ready(state_dir: str) -> bool:
+    """The state directory exists (made 0755 where missing) and is trusted."""
+    try:
+        os.makedirs(state_dir, mode=0o755, exist_ok=True)
+    except OSError:
+        return False
+    problem = untrusted(state_dir)
+    if problem:
+        _warn_once(problem)
+        return False
+    return True
 
 
 def write(state_dir: str, name: str, value: Any) -> bool:
+    if not _ready(state_dir):
+        return False
+    return _write(state_dir, name, value)
+
+
+def _write(state_dir: str, name: str, value: Any) -> bool:
     try:
-        os.makedirs(state_dir, mode=0o755, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + name, dir=state_dir)
+        fd, tmp = tempfile.mkstemp(prefix="." + name, dir=state_dir)     # 0600, O_EXCL
         with os.fdopen(fd, "w") as fh:
             json.dump(value, fh)
         os.replace(tmp, os.path.join(state_dir, name + ".json"))
         return True
     except OSError:
         return False
-
-
-NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-LOCK_MODE = 0o600   # whoever can open a lock can flock it, and hold every writer that waits for it
 
 
 def open_mode(path: str, flags: int, mode: int) -> int:
@@ -53,11 +113,15 @@ def update(state_dir: str, name: str, change: Callable[[Any], Any]) -> bool:
     healthcheck and `gpuhc reset`, say) do not undo each other's changes. ``change`` gets the
     current value (None when there is none) and returns the new one. The lock is waited for at
     most LOCK_WAIT seconds (it is held for milliseconds); past that the change goes ahead unlocked
-    rather than hold a prolog."""
+    rather than hold a prolog. The lock lives in the trusted state directory, 0600: no other user
+    can open it, so none can hold it."""
+    if not _ready(state_dir):
+        change(None)        # the caller's change still runs (it may report), nothing is kept
+        return False
     fd = -1
     try:
-        os.makedirs(state_dir, mode=0o755, exist_ok=True)
-        fd = open_mode(os.path.join(state_dir, "." + name + ".lock"), os.O_RDWR | os.O_CREAT, LOCK_MODE)
+        fd = open_mode(os.path.join(state_dir, "." + name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NONBLOCK,
+                       LOCK_MODE)
         deadline = time.monotonic() + LOCK_WAIT
         while True:
             try:
@@ -70,7 +134,7 @@ def update(state_dir: str, name: str, change: Callable[[Any], Any]) -> bool:
     except OSError:
         pass                # no lock to be had: the write below still happens
     try:
-        return write(state_dir, name, change(read(state_dir, name)))
+        return _write(state_dir, name, change(read(state_dir, name)))
     finally:
         if fd >= 0:
             os.close(fd)    # closing releases the lock

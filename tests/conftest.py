@@ -10,6 +10,20 @@ from gpuhc import session
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(autouse=True)
+def initialised_store(tmp_path):
+    """Every test's scratch store, ``tmp_path / "store"`` (what make_cfg and the tests' config files
+    name), is initialised as an operator does once per cluster (`gpuhc store init`): a configured
+    store without the marker is refused by its writers (it may be an empty mount point). Tests of
+    that refusal use another path."""
+    from gpuhc.store import MARKER
+
+    store = tmp_path / "store"
+    store.mkdir(mode=0o755)
+    (store / MARKER).write_text('{"gpuhc_store": 1, "by": "tests/conftest.py"}\n')
+    return store
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     """A validated config isolated from the machine: local state in tmp, no cloud lookups."""

@@ -7,13 +7,18 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 
 import pytest
-
 from conftest import gpuhc
+from prometheus_client.parser import text_string_to_metric_families
+
+from gpuhc import status as ST
 from gpuhc import store as S
+from gpuhc.export import export_prometheus, prometheus_text
 from gpuhc.model import Finding, GpuRef, Report, Severity
 from gpuhc.store import Store, StoreError
 
@@ -210,29 +215,66 @@ def test_read_only_store_spools_then_next_write_flushes(tmp_path, readonly_store
     assert st.latest("gpu-001").job_id == "after"
 
 
-def test_slow_store_is_abandoned_at_the_timeout_then_flushed_once(tmp_path, monkeypatch):
-    st = Store(str(tmp_path / "store"), str(tmp_path / "state"), timeout=0.3)
-    real_append = Store._append
-    released = threading.Event()
-    finished = threading.Event()
+def _hang_until(flag, line_holds, when="append"):
+    """A Store._append_locked that, for a record whose line holds ``line_holds``, waits (in the
+    writer's child, where the patch is inherited) until the file ``flag`` exists: a hung NFS write."""
+    real = Store._append_locked
 
-    def hung_append(self, *args):
-        released.wait(10)          # a hung NFS write
-        try:
-            return real_append(self, *args)
-        finally:
-            finished.set()
-    monkeypatch.setattr(Store, "_append", hung_append)
+    def append(self, directory, line, report, *args):
+        if line_holds in line and when == "append":
+            while not os.path.exists(flag):
+                time.sleep(0.01)
+        return real(self, directory, line, report, *args)
+    return append
+
+
+def _wait_until(predicate, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_slow_store_is_abandoned_at_the_timeout_then_flushed_once(tmp_path, monkeypatch):
+    """The write hangs; the caller spools at its limit and goes on. When the store answers again,
+    the abandoned writer finds the record spooled and leaves it to the flush: it lands once."""
+    st = Store(str(tmp_path / "store"), str(tmp_path / "state"), timeout=0.3)
+    release = tmp_path / "release"
+    monkeypatch.setattr(Store, "_append_locked", _hang_until(str(release), b'"slow"'))
     t0 = time.monotonic()
     assert st.record(report(started=time.time() - 5, job="slow")) == "spooled"
     assert time.monotonic() - t0 < 1.0
     assert len(st.spooled()) == 1
-    monkeypatch.setattr(Store, "_append", real_append)     # the mount recovers
+    release.touch()                # the mount recovers: the abandoned writer goes on and flushes the spool
+    assert _wait_until(lambda: st.spooled() == [])
     assert st.record(report(job="next")) == "stored"
-    released.set()                 # the abandoned write finally returns, and must not write twice
-    assert finished.wait(10)
     assert [r.job_id for r in st.history("gpu-001")] == ["next", "slow"]
+    assert st.summaries()["gpu-001"]["history"]["count"] == 2
     assert st.spooled() == [] and st.latest("gpu-001").job_id == "next"
+
+
+def test_a_write_that_lands_after_its_caller_spooled_is_counted_once(tmp_path, monkeypatch):
+    """The other order: the writer appended the record, then hung before it could say so; the
+    caller spooled it. The flush finds the line in the history: no second copy, and the count is
+    the history's."""
+    st = Store(str(tmp_path / "store"), str(tmp_path / "state"), timeout=0.3)
+    release = tmp_path / "release"
+    real_send = S.detach.Channel.send
+
+    def send(self, *message):
+        if message == ("written",) and not os.path.exists(str(release)):
+            while not os.path.exists(str(release)):
+                time.sleep(0.01)
+        return real_send(self, *message)
+    monkeypatch.setattr(S.detach.Channel, "send", send)
+    assert st.record(report(started=time.time() - 5, job="late")) == "spooled"
+    assert len(lines(node_file(st.root, "gpu-001", "history.jsonl"))) == 1     # it landed all the same
+    release.touch()
+    assert _wait_until(lambda: st.spooled() == [])
+    assert [r.job_id for r in st.history("gpu-001")] == ["late"]
+    assert st.summaries()["gpu-001"]["history"]["count"] == 1
 
 
 def test_hung_mount_holds_no_caller_past_its_timeout(tmp_path, monkeypatch):
@@ -298,12 +340,16 @@ def test_corrupt_and_truncated_lines_are_skipped_with_file_and_line(store, caplo
     assert "history.jsonl:4: skipped a record: missing field 'started_ts'" in caplog.text
     assert "history.jsonl:5: skipped a corrupt record: not a JSON object" in caplog.text
     assert "history.jsonl:6: skipped a truncated record" in caplog.text
-    # the next append starts on a line of its own: the torn tail does not swallow it
-    store.record(report(started=now, job="three"))
+    # the next append cuts the torn tail (its record is in a spool, or was never counted) and
+    # starts on a line of its own
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "gpuhc.store"):
+        store.record(report(started=now, job="three"))
+    assert "history.jsonl: cut a torn last line (50 bytes" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, "gpuhc.store"):
         assert [r.job_id for r in store.history("gpu-001")] == ["three", "two", "one"]
-    assert "history.jsonl:6: skipped a corrupt record" in caplog.text
+    assert "skipped a truncated record" not in caplog.text and "history.jsonl:6: skipped" not in caplog.text
 
 
 def test_corrupt_latest_and_summary_fall_back_to_history(store, caplog):
@@ -412,6 +458,7 @@ def test_symlink_inside_the_root_is_followed(store):
 # ---- the command line ----------------------------------------------------------------------------
 
 def isolated(tmp_path, text=""):
+    """A config file for `gpuhc` run as a process: store (initialised by conftest) and state in tmp."""
     cfg = tmp_path / "config.yaml"
     cfg.write_text("store: %s\nstate_dir: %s\ndetect: {slurm_features: false}\nsuites: {lightweight: [%s]}\n%s"
                    % (tmp_path / "store", tmp_path / "state", ", ".join(STABLE_CHECKS), text))
@@ -429,26 +476,37 @@ def test_check_records_with_context_and_job_id(tmp_path):
 
 
 def test_check_with_broken_store_warns_spools_and_keeps_its_exit_code(tmp_path):
+    """The store's marker is gone (the shared filesystem is not mounted there): the result is
+    spooled with one warning naming the store; once the store is initialised, the next run flushes."""
     env = isolated(tmp_path)
-    (tmp_path / "store").write_text("a file where the store directory should be")
+    os.unlink(str(tmp_path / "store" / S.MARKER))
     res = gpuhc("check", "--simulate", "h100-pcie-x8", "--node", "gpu-042", env=env)
     assert res.returncode == 1, res.stderr
     [warning] = res.stderr.strip().splitlines()
-    assert warning.startswith("gpuhc: warning: store ") and "result spooled to" in warning
-    (tmp_path / "store").unlink()
+    assert warning.startswith("gpuhc: warning: store %s: not initialised" % (tmp_path / "store")), warning
+    assert "gpuhc store init %s" % (tmp_path / "store") in warning and "result spooled to" in warning
+    assert not os.path.exists(str(tmp_path / "store" / "nodes"))
+    res = gpuhc("store", "init", str(tmp_path / "store"))
+    assert res.returncode == 0 and res.stdout == "store %s: initialised (.gpuhc-store written)\n" % (tmp_path / "store")
     res = gpuhc("check", "--simulate", "h100-healthy", "--node", "gpu-042", env=env)
     assert res.returncode == 0 and res.stderr == ""
-    overall = [r["overall"] for r in lines(node_file(tmp_path / "store", "gpu-042", "history.jsonl"))]
-    assert overall == ["RESET", "PASS"] and os.listdir(str(tmp_path / "state" / "spool" / "gpu-042")) == []
+    records = sorted(lines(node_file(tmp_path / "store", "gpu-042", "history.jsonl")), key=lambda r: r["started_ts"])
+    assert [r["overall"] for r in records] == ["RESET", "PASS"]
+    assert os.listdir(str(tmp_path / "state" / "spool" / "gpu-042")) == []
 
 
 def test_check_when_nothing_can_be_written_still_exits_with_the_result(tmp_path):
-    (tmp_path / "store").write_text("not a directory")
-    (tmp_path / "state").write_text("not a directory either")
+    """No store (not initialised) and a state directory others could write (so no spool): the run
+    still ends with its result, and one line says why nothing was kept."""
+    os.unlink(str(tmp_path / "store" / S.MARKER))
+    (tmp_path / "state").mkdir()
+    os.chmod(str(tmp_path / "state"), 0o777)
     res = gpuhc("check", "--simulate", "h100-healthy", "--node", "gpu-042", env=isolated(tmp_path))
     assert res.returncode == 0
-    assert res.stderr.startswith("gpuhc: warning: result not recorded: cannot spool")
-    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    state, spool = res.stderr.strip().splitlines()      # the check state is not used either
+    assert state.startswith("gpuhc: warning: local state not used: %s: writable by" % (tmp_path / "state"))
+    assert spool.startswith("gpuhc: warning: result not recorded: cannot spool"), res.stderr
+    assert spool.endswith("(chmod go-w %s)" % (tmp_path / "state"))
 
 
 def test_bulk_read_goes_parallel_when_reads_are_slow_and_keeps_order(tmp_path, caplog):
@@ -458,9 +516,9 @@ def test_bulk_read_goes_parallel_when_reads_are_slow_and_keeps_order(tmp_path, c
         if n != 17:
             p.write_bytes(b"x" * n)
         paths.append(str(p))
-    serial = S._read_many(paths, probe=1000)
+    serial = S.read_many(paths, probe=1000)
     with caplog.at_level(logging.WARNING, "gpuhc.store"):
-        threaded = S._read_many(paths, probe=3, slow_s=-1.0, threads=4)     # as if every read were slow
+        threaded = S.read_many(paths, probe=3, slow_s=-1.0, threads=4)     # as if every read were slow
     assert serial == threaded and threaded[17] is None and threaded[39] == b"x" * 39
     assert caplog.text == ""        # a missing file is no warning: the caller falls back
 
@@ -552,3 +610,334 @@ def test_what_is_not_a_regular_file_in_the_spool_is_set_aside(store, caplog):
     assert store.spooled() == [] and "result spooled" not in caplog.text
     assert [r.job_id for r in store.history("gpu-001")] == ["now", "spooled"]
     assert store.nodes() == ["gpu-001"]
+
+
+# ---- traps a review found (was tests/test_store_traps.py) ------------------------------------------
+#
+# Operator situations in which the result store or its readers (status, show, history, export)
+# gave a wrong answer, wrote where they must not, or let a user stall the writers (found by a
+# review): a clock that ran ahead pinning a node's newest result, several Xid 13 lines on one GPU
+# exported as duplicate series, a finding's newline splitting a status row, a symlinked ``nodes``
+# directory getting a directory outside the root, two runs flushing the same spooled record, age
+# compaction that never ran again once the summary lost the oldest time, a lock file any user
+# could hold, and an Xid count that is not a number stopping the whole export.
+
+
+# -- 1. a clock that ran ahead ---------------------------------------------------------------------
+
+def test_a_result_from_a_clock_that_ran_ahead_does_not_pin_the_newest_result(store):
+    """A node boots with its RTC a year ahead (flat CMOS battery) and records a prolog result before
+    NTP steps the clock back. Every later result of the node, a REBOOT-tier Xid included, must
+    become its newest result (latest.json, summary.json: what status, show and export read), not
+    stay behind the future-dated one until that date comes round."""
+    now = time.time()
+    assert store.record(report(started=now + 365 * 86400, job="clock-ahead")) == "stored"
+    assert store.record(report(started=now, job="after-ntp", sev=Severity.REBOOT)) == "stored"
+    assert store.latest("gpu-001").job_id == "after-ntp"
+    summary = store.summaries()["gpu-001"]
+    assert summary["job_id"] == "after-ntp" and summary["overall"] == "REBOOT"
+    assert [r.job_id for r in store.history("gpu-001")] == ["clock-ahead", "after-ntp"]    # history keeps both
+
+
+# -- 2. several Xid lines of one number on one GPU -------------------------------------------------
+
+def test_xid_lines_of_one_number_on_one_gpu_are_one_series(store):
+    """An Xid 13 burst logs lines with different texts on one GPU ("Graphics SM Warp Exception on
+    (GPC 1, ...)", "Graphics Exception: ESR ..."): the xid check makes one finding per distinct
+    text. The textfile must hold one gpuhc_xid_events sample per node, GPU, Xid and severity (their
+    counts added): node_exporter refuses a metric collected twice with the same labels, and
+    Prometheus rejects the duplicate sample."""
+    rep = report()
+    rep.findings = [
+        Finding("xid", Severity.MONITOR, "Xid 13 on GPU3: Graphics SM Warp Exception on (GPC 1, TPC 0, SM 0)",
+                gpu=GpuRef(3), metrics={"xid": 13, "count": 4}),
+        Finding("xid", Severity.MONITOR, "Xid 13 on GPU3: Graphics Exception: ESR #=#", gpu=GpuRef(3),
+                metrics={"xid": 13, "count": 2}),
+        Finding("xid", Severity.REBOOT, "Xid 79 on GPU3: GPU has fallen off the bus", gpu=GpuRef(3),
+                metrics={"xid": 79, "count": 1}),
+    ]
+    text = prometheus_text({"gpu-001": rep})
+    lines = [l for l in text.splitlines() if l.startswith("gpuhc_xid_events{")]
+    assert len(lines) == len({l.rsplit(" ", 1)[0] for l in lines}), lines
+    fam = next(f for f in text_string_to_metric_families(text) if f.name == "gpuhc_xid_events")
+    values = {(s.labels["xid"], s.labels["severity"]): s.value for s in fam.samples}
+    assert values == {("13", "MONITOR"): 6.0, ("79", "REBOOT"): 1.0}
+
+
+# -- 3. a newline in a finding's message -----------------------------------------------------------
+
+def test_a_newline_in_a_message_does_not_split_a_status_row(store, make_cfg, tmp_path):
+    """A job leaves a process behind whose name (prctl PR_SET_NAME, /proc/PID/comm) holds a newline
+    and a forged row. `gpuhc status -N` and `-R` are read by eye and by scripts (awk, grep) like sinfo:
+    every node stays one line, and the forged text never reads as a node of its own."""
+    cfg = make_cfg(store=str(tmp_path / "store"), state_dir=str(tmp_path / "state"))
+    rep = report(node="gpu-007", sev=Severity.MONITOR)
+    rep.findings[1] = Finding("processes", Severity.MONITOR,
+                              "1 leftover compute process(es): x\ngpu-099 - healthy PASS\r\t[4242]", gpu=GpuRef(3))
+    assert store.record(rep) == "stored"
+    assert store.record(report(node="gpu-008")) == "stored"
+    for per_node, reasons in ((True, False), (False, True), (False, False)):
+        text = ST.status_text(cfg, per_node=per_node, reasons=reasons, header=False)
+        rows = text.splitlines()
+        assert not any(r.split()[0] == "gpu-099" for r in rows if r.split()), text
+        assert len(rows) == (2 if per_node else 1 if reasons else 2), text
+    text = ST.status_text(cfg, per_node=True, header=False, fmt="%N|%R")
+    assert text.splitlines()[0] == "gpu-007|processes: 1 leftover compute process(es): x gpu-099 - healthy PASS  [4242]"
+    doc = json.loads(ST.status_text(cfg, per_node=True, as_json=True))
+    assert "\ngpu-099" in doc["nodes"][0]["reason"]          # JSON keeps the message as it is
+
+
+# -- 4. a symlinked nodes directory ------------------------------------------------------------------
+
+def test_a_symlinked_nodes_directory_gets_no_directory_outside_the_root(tmp_path, caplog):
+    """Someone replaces <store>/nodes with a link to another directory. The store refuses it, so the
+    result is spooled, but it must not create the node's directory over there first (a directory
+    made outside the root on every run, through the link it refuses)."""
+    root, outside = tmp_path / "store", tmp_path / "elsewhere"
+    outside.mkdir()
+    os.symlink(str(outside), str(root / "nodes"))
+    st = Store(str(root), str(tmp_path / "state"), timeout=5.0)
+    with caplog.at_level(logging.WARNING, "gpuhc.store"):
+        assert st.record(report()) == "spooled"
+    assert "outside the store" in caplog.text
+    assert os.listdir(str(outside)) == []
+
+
+# -- 5. two runs flushing the same spooled record ------------------------------------------------------
+
+def test_two_runs_flushing_one_spooled_record_store_both_results(store):
+    """After an NFS outage the spool holds a result; the prolog of the next job and the
+    HealthCheckProgram then write at the same moment and both flush it. The one that finds it
+    already written (and its spool file gone) must still store its own result, not spool it with
+    "No such file or directory" and leave the node's newest result behind."""
+    assert store.record(report(started=time.time() - 60, job="before")) == "stored"
+    spooled = report(started=time.time() - 30, job="spooled")
+    path = store._spool("gpu-001", S.encode(spooled.to_dict()))
+    directory = os.path.dirname(node_file(store.root, "gpu-001", "latest.json"))
+    outcome = {}
+    lock = S.Flock(os.path.join(directory, S.LOCK))
+    lock.__enter__()                     # the other run holds the node's lock, flushing the same file
+    try:
+        writer = threading.Thread(target=lambda: outcome.update(r=store.record(report(job="mine"))))
+        writer.start()
+        time.sleep(0.5)                  # this run has read the spooled file and waits for the lock
+        store._append_locked(directory, S.encode(spooled.to_dict()), spooled)
+        os.unlink(path)                  # the other run wrote it and removed it from the spool
+    finally:
+        lock.__exit__()
+    writer.join(10)
+    assert outcome["r"] == "stored" and store.spooled() == []
+    assert [r.job_id for r in store.history("gpu-001")] == ["mine", "spooled", "before"]
+    assert store.latest("gpu-001").job_id == "mine"
+
+
+# -- 6. age compaction after the summary lost its oldest time ------------------------------------------
+
+def test_age_compaction_still_runs_after_the_summary_lost_the_oldest_time(tmp_path):
+    """history: {max_records: 0, max_age_days: 1}: keep by age alone. Once the summary is lost (a
+    crash between the history append and the summary rename, or a bad summary the writer rebuilt),
+    the summary no longer knows the oldest record: the records past the age must still be dropped,
+    not kept forever while the history grows with every run."""
+    root, state = str(tmp_path / "store"), str(tmp_path / "state")
+    now = time.time()
+    keep_all = Store(root, state, timeout=5.0, max_records=0, max_age_days=0)
+    assert keep_all.record(report(started=now - 5 * 86400, job="old")) == "stored"
+    os.unlink(node_file(root, "gpu-001", "summary.json"))
+    by_age = Store(root, state, timeout=5.0, max_records=0, max_age_days=1)
+    for job in ("a", "b"):
+        assert by_age.record(report(started=time.time(), job=job)) == "stored"
+    assert [r.job_id for r in by_age.history("gpu-001")] == ["b", "a"]
+    assert by_age.summaries()["gpu-001"]["history"]["count"] == 2
+
+
+# -- 7. the lock file ------------------------------------------------------------------------------------
+
+HOLD = """
+import fcntl, os, sys, time
+os.setgid(65534); os.setuid(65534)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_SH)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_an_unprivileged_user_cannot_hold_the_writers_lock():
+    """The writers of a node serialize on <node>/.lock. Any user who can open it can flock it (a
+    shared lock needs only read access, on NFS too) and hold it: every result of the node then
+    waits out the store timeout inside the prolog's budget and goes to the spool, for as long as
+    the user likes. Only the writer (root) may open the lock file."""
+    base = tempfile.mkdtemp(prefix="gpuhc-lock-")
+    os.chmod(base, 0o755)                # users reach the store, as on a shared mount
+    holder = None
+    try:
+        st = Store(os.path.join(base, "store"), os.path.join(base, "state"), timeout=0.5)
+        assert st.record(report(job="first")) == "stored"
+        lock = node_file(st.root, "gpu-001", ".lock")
+        assert stat.S_IMODE(os.stat(lock).st_mode) & 0o077 == 0
+        os.chmod(lock, 0o644)            # a lock file an earlier version left readable is tightened
+        assert st.record(report(job="second")) == "stored"
+        assert stat.S_IMODE(os.stat(lock).st_mode) & 0o077 == 0
+        holder = subprocess.Popen([sys.executable, "-c", HOLD, lock], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            holder.wait(5)
+        except subprocess.TimeoutExpired:
+            pass                         # still running: it holds the lock
+        assert st.record(report(job="third")) == "stored"
+        assert holder.poll() is not None and "Permission denied" in holder.stderr.read()
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -- 8. an Xid finding whose count is not a number ---------------------------------------------------
+
+def test_an_xid_count_that_is_not_a_number_does_not_stop_the_export(store, make_cfg, tmp_path):
+    """A history or latest record whose Xid finding carries "count": "3" (hand-edited, or written by
+    a tool that is not gpuhc) is valid JSON of the right shape everywhere else. `gpuhc export
+    prometheus` for the whole fleet must still write the file (the event counts once), not stop
+    with an internal error so that every node's metrics go stale."""
+    cfg = make_cfg(store=str(tmp_path / "store"), state_dir=str(tmp_path / "state"))
+    rep = report(node="gpu-001", sev=Severity.REBOOT)
+    rep.findings[1].metrics = {"xid": 79, "count": "3"}
+    assert store.record(rep) == "stored"
+    assert store.record(report(node="gpu-002")) == "stored"
+    fams = {f.name: f for f in text_string_to_metric_families(export_prometheus(cfg))}
+    assert {s.labels["node"] for s in fams["gpuhc_node_severity"].samples} == {"gpu-001", "gpu-002"}
+    assert [s.value for s in fams["gpuhc_xid_events"].samples] == [1.0]
+
+
+def test_the_local_state_lock_is_for_the_writer_only(tmp_path):
+    """The same trap in the node's local state (the xid check's cursor and events): a user who can
+    open .xid.lock can flock it, and every prolog then waits LOCK_WAIT for it."""
+    from gpuhc import localstate
+
+    state = str(tmp_path / "state")
+    localstate.update(state, "xid", lambda old: {"n": 1})
+    lock = os.path.join(state, ".xid.lock")
+    assert stat.S_IMODE(os.stat(lock).st_mode) == 0o600
+    os.chmod(lock, 0o644)                # left by an earlier version: tightened on the next change
+    localstate.update(state, "xid", lambda old: {"n": (old or {}).get("n", 0) + 1})
+    assert stat.S_IMODE(os.stat(lock).st_mode) == 0o600
+    assert localstate.read(state, "xid") == {"n": 2}
+
+
+def test_a_node_group_is_refused_not_resolved():
+    """`gpuhc status -n @gpu` or `gpuhc resume @gpu`: ClusterShell would resolve the group through
+    its group source (shell commands, no time limit; with its example config a made-up list).
+    A Slurm hostlist has no groups: a one-line error instead."""
+    from gpuhc.errors import GpuhcError
+    from gpuhc.hostlist import expand
+
+    assert expand("gpu-[001-003],login1") == ["gpu-001", "gpu-002", "gpu-003", "login1"]
+    for bad in ("@gpu", "gpu-001,@all"):
+        with pytest.raises(GpuhcError, match="node groups are not taken"):
+            expand(bad, "--nodes")
+
+
+# ---- reliability and security (issue 18) ------------------------------------------------------------
+
+HANGFS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hangfs.py")
+PROLOG_BUDGET = 4.0
+
+
+class Mount:
+    def __init__(self, tmp_path):
+        self.source, self.mnt, self.flag = tmp_path / "fuse-source", tmp_path / "fuse-mnt", tmp_path / "hang"
+        self.proc = None
+
+    def hang(self):
+        self.flag.touch()
+
+    def answer(self):
+        if self.flag.exists():
+            self.flag.unlink()
+
+
+@pytest.fixture
+def hung_mount(tmp_path):
+    """A directory on a FUSE mount (tests/hangfs.py) whose every operation waits while ``hang()``
+    is in force, as on a hung NFS hard mount: a process calling into it sleeps in the kernel and
+    cannot be interrupted; not even its exit completes while one of its threads is there."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        pytest.skip("needs root and /dev/fuse for a FUSE mount")
+    try:
+        import fuse  # noqa: F401
+    except (ImportError, OSError, EnvironmentError) as exc:
+        pytest.skip("needs fusepy and libfuse2 (pip install fusepy; apt-get install libfuse2): %s" % exc)
+    m = Mount(tmp_path)
+    m.source.mkdir()
+    m.mnt.mkdir()
+    m.proc = subprocess.Popen([sys.executable, HANGFS, str(m.source), str(m.mnt), str(m.flag)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if not _wait_until(lambda: os.path.ismount(str(m.mnt)) or m.proc.poll() is not None, 10):
+        m.proc.kill()
+        pytest.skip("the FUSE mount did not come up")
+    if m.proc.poll() is not None:
+        pytest.skip("FUSE cannot be mounted here: %s" % m.proc.stderr.read().decode(errors="replace")[-300:])
+    try:
+        yield m
+    finally:
+        m.answer()                       # whatever still waits on the mount returns
+        time.sleep(0.5)
+        subprocess.run(["umount", "-l", str(m.mnt)], capture_output=True)
+        m.proc.terminate()
+        try:
+            m.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            m.proc.kill()
+
+
+def _prolog(cfg, mount, node="gpu-001", timeout=20):
+    """`gpuhc prolog` as slurmd starts it (stdout and stderr on pipes it reads to the end): (result,
+    seconds from exec to exit). Still running after ``timeout`` fails the test, as slurmd would
+    kill it; SIGKILL alone does not end a process whose thread waits on the mount, so the mount
+    is let go first."""
+    env = dict(os.environ, GPUHC_CONFIG=str(cfg), SLURMD_NODENAME=node, SLURM_JOB_ID="42")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "gpuhc", "prolog", "--simulate", "h100-healthy"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        mount.answer()
+        proc.communicate()
+        pytest.fail("gpuhc prolog still running after %d s (budget %g s): slurmd kills it and drains the node"
+                    % (timeout, PROLOG_BUDGET))
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), time.monotonic() - t0
+
+
+def test_a_hung_shared_store_does_not_hold_the_prolog(tmp_path, hung_mount):
+    """The shared store's mount stops answering (a FUSE daemon that hangs; a hard NFS mount whose
+    server is gone). The prolog decided and spooled within its budget, but its process could not
+    exit while a thread sat in an uninterruptible filesystem call: slurmd killed it at
+    PrologEpilogTimeout, drained the node "Prolog error" and requeued the job. The whole process,
+    exec to exit, must end inside timeouts.budget.prolog; a second prolog while the first one's
+    writer still hangs too; and once the mount answers, each record lands exactly once."""
+    store = hung_mount.mnt / "store"
+    res = gpuhc("store", "init", str(store))
+    assert res.returncode == 0, res.stderr
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("store: %s\nstate_dir: %s\ndetect: {slurm_features: false, cloud_metadata: false}\n"
+                   "slurm: {backend: none}\ntimeouts: {budget: {prolog: %g}, act: 2, store: 1.5}\n"
+                   % (store, tmp_path / "state", PROLOG_BUDGET))
+    hung_mount.hang()
+    for run in range(2):
+        res, wall = _prolog(cfg, hung_mount)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert wall < PROLOG_BUDGET, (run, wall, res.stderr)
+        assert "result spooled to" in res.stderr, res.stderr
+    spool = tmp_path / "state" / "spool" / "gpu-001"
+    assert len(os.listdir(str(spool))) == 2
+    hung_mount.answer()                  # the writers the prologs left behind finish on their own
+    assert _wait_until(lambda: os.listdir(str(spool)) == [], 20), os.listdir(str(spool))
+    history = lines(node_file(store, "gpu-001", "history.jsonl"))
+    assert len(history) == 2 and len({r["started_ts"] for r in history}) == 2
+    summary = json.loads(open(node_file(store, "gpu-001", "summary.json")).read())
+    assert summary["history"]["count"] == 2
