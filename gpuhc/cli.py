@@ -413,6 +413,20 @@ def resume(ctx: click.Context, nodelist: str, force: bool, as_json: bool) -> Non
     ctx.exit(0 if all(r in ("resumed", "skipped") for _, r, _ in rows) else 1)
 
 
+@main.group("store", cls=Group)
+def store_group() -> None:
+    """The result store."""
+
+
+@store_group.command("init")
+@click.argument("path")
+def store_init(path: str) -> None:
+    """Mark PATH as the store (once, with the shared filesystem mounted there)."""
+    from .store import init_store
+
+    click.echo(init_store(path))
+
+
 @main.command()
 @common_options
 @click.option("--check", "checks", metavar="NAME", multiple=True,
