@@ -588,6 +588,61 @@ def quarantine(ctx: click.Context, nodelist: Optional[str], force: bool, dry_run
     os._exit(code)
 
 
+@main.command()
+@common_options
+@click.option("--pairs", "pairs_nodelist", metavar="NODELIST",
+              help="Controller: all-reduce every pair of these nodes as jobs (rounds of disjoint pairs), then "
+                   "convict and drain as a bisection does.")
+@click.option("--quick", is_flag=True, help="With --pairs: two rounds only (every node with two partners).")
+@click.option("--job-bisect", is_flag=True,
+              help="Inside sbatch/nccl-allreduce.sbatch: run the job's nodes, and on failure find the node to "
+                   "blame with srun steps on subsets of the allocation.")
+@click.option("--no-bisect", is_flag=True, help="With --job-bisect: measure and record only.")
+@click.option("--pair", "pair_job", is_flag=True, hidden=True)
+@click.option("--step", is_flag=True, hidden=True)
+@click.option("--purpose", type=click.Choice(["run", "bisect", "pair"]), default="run", hidden=True)
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]),
+              help="cuda (NCCL, one rank per GPU) or cpu (gloo); default nccl.device (auto).")
+@click.option("--ntasks-per-node", type=click.IntRange(1), metavar="N",
+              help="Ranks per node for --job-bisect and --pairs (default: the job's, else one per GPU).")
+@click.option("--sizes", metavar="BYTES[,...]", help="Message sizes (default nccl.sizes, else 1 MiB..8 GiB on GPUs).")
+@click.option("--algo", metavar="NAME", help="NCCL_ALGO for this run (pairs always run Ring).")
+@click.option("--dry-run", is_flag=True, help="With --pairs: print the rounds; submit nothing.")
+@click.option("--json", "as_json", is_flag=True, help="JSON: the run's record, or the pairs' jobs and verdict.")
+@click.pass_context
+def nccl(ctx: click.Context, pairs_nodelist: Optional[str], quick: bool, job_bisect: bool, no_bisect: bool,
+         pair_job: bool, step: bool, purpose: str, device: Optional[str], ntasks_per_node: Optional[int],
+         sizes: Optional[str], algo: Optional[str], dry_run: bool, as_json: bool) -> None:
+    """Multi-node all-reduce like nccl-tests: under srun, one rank per GPU (the default); in a batch job
+    with --job-bisect (sbatch/nccl-allreduce.sbatch); over pairs from the controller with --pairs."""
+    cfg = load_config(ctx)
+    if pairs_nodelist:
+        from .controller.nccl_pairs import pairs, text
+
+        outcome = pairs(cfg, pairs_nodelist, quick=quick, device=device, ntasks_per_node=ntasks_per_node,
+                        sizes=sizes, dry_run=dry_run)
+        click.echo(json.dumps(outcome.to_dict(), indent=2) if as_json else text(outcome))
+        ctx.exit(outcome.exit_code)
+    if job_bisect:
+        from .contexts.nccl_job import job_bisect as run_job
+
+        base = [sys.executable, "-m", "gpuhc"] + [x for k in ("config", "simulate") if _state(ctx).get(k)
+                                                   for x in ("--" + k, _state(ctx)[k])]
+        code = run_job(cfg, device=device, ntasks_per_node=ntasks_per_node, bisect=False if no_bisect else None,
+                       pair=pair_job, sizes=sizes, base_command=base, out=lambda line: click.echo(line))
+        sys.stdout.flush()
+        ctx.exit(code)
+    from .contexts.nccl import parse_sizes, run_rank
+
+    record, code = run_rank(cfg, device=device, sizes=parse_sizes(sizes), algo=algo, purpose=purpose, step=step,
+                            simulate=_state(ctx).get("simulate"),
+                            out=(lambda line: None) if as_json else (lambda line: click.echo(line)))
+    if as_json and record is not None:
+        emit_json(record)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)     # never wait for a torch thread stuck in a collective
+
 
 def run() -> None:
     main(prog_name="gpuhc")

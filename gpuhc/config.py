@@ -60,9 +60,19 @@ def defaults() -> Dict[str, Any]:
                        "timeout": 1200.0},
         "gpu_bench": {"tests": ["matmul", "hbm", "pcie", "p2p"], "dtypes": ["bf16"], "timeout": 1200.0},
         "allreduce_node": {"max_bytes": 8 << 30, "timeout": 900.0},
-        # all-reduce expectations: expect_busbw_gbps overrides the profile's busbw_gbps (and
-        # internode_busbw_gbps) where set, e.g. on CPU test clusters
-        "nccl": {"expect_busbw_gbps": None},
+        # all-reduce across nodes (`gpuhc nccl`, sbatch/nccl-allreduce.sbatch, `gpuhc nccl --pairs`):
+        # expect_busbw_gbps overrides the profile's busbw_gbps (one node) and internode_busbw_gbps (2+
+        # nodes) where set, e.g. on CPU test clusters; sizes in bytes ([]: 1 MiB..8 GiB doubling on GPUs,
+        # 4 KiB..4 MiB on the CPU), warmup and timed iterations per size; timeout: init and each
+        # collective (a hang is a failure within it); judged at sizes >= judge_from_bytes on GPUs (the
+        # largest size on the CPU); device auto (cuda where the node has NVIDIA devices), cuda, cpu;
+        # bisect: a failing job finds the node in its own allocation, within budget s; pair jobs: sbatch
+        # `script` (default sbatch/nccl-allreduce.sbatch beside the package) with time_limit, a deadline
+        # s after submission, output, partition; pairs_wait: how long `gpuhc nccl --pairs` waits for them
+        "nccl": {"expect_busbw_gbps": None, "sizes": [], "warmup": 5, "iters": 20, "timeout": 120.0,
+                 "judge_from_bytes": 1 << 30, "device": "auto", "bisect": True, "budget": 3000.0,
+                 "script": None, "time_limit": 1800.0, "deadline": 21600.0, "output": "/tmp/gpuhc-nccl-%j.out",
+                 "partition": "", "pairs_wait": 7200.0},
         # network: link_downed growth between two runs that counts as flapping; kernel modules RDMA needs
         "network": {"flap_threshold": 1, "memlock": True, "efa_modules": ["efa", "ib_core", "ib_uverbs"],
                     "ib_modules": ["ib_core", "ib_uverbs"]},
@@ -164,7 +174,10 @@ SCHEMA: Dict[str, Any] = {
     "gpu_bench": {"tests": [OneOf("test", ("matmul", "hbm", "pcie", "p2p"))], "dtypes": [OneOf("dtype", DTYPES)],
                   "timeout": SECONDS},
     "allreduce_node": {"max_bytes": "count", "timeout": SECONDS},
-    "nccl": {"expect_busbw_gbps": "amount?"},
+    "nccl": {"expect_busbw_gbps": "amount?", "sizes": ["count"], "warmup": "count", "iters": "count",
+             "timeout": SECONDS, "judge_from_bytes": "count", "device": OneOf("device", ("auto", "cuda", "cpu")),
+             "bisect": "bool", "budget": SECONDS, "script": "str?", "time_limit": SECONDS, "deadline": SECONDS,
+             "output": "str", "partition": "str", "pairs_wait": SECONDS},
     "network": {"flap_threshold": NUM, "memlock": "bool", "efa_modules": ["str"], "ib_modules": ["str"]},
     "suites": MapOf("str", ["str"]),
     "xid": {"strict": "bool", "overrides": MapOf("index", OneOf("tier", TIERS)),

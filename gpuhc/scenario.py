@@ -83,11 +83,15 @@ _FAULT = {"call": OneOf("call", ("*",) + tuple(CALLS)), "gpu": "count",
 _COMMAND = {"rc": "int", "stdout": "text", "stderr": "text", "hang": "seconds"}
 
 # What the deep checks would measure on this node (backends/deep.py shapes): per-GPU figures (a
-# template and per-index overrides, like gpu/gpus), the node's all-reduce peak, calls that hang.
+# template and per-index overrides, like gpu/gpus), the node's all-reduce peak, calls that hang;
+# and how its ranks behave in a real multi-node all-reduce (`gpuhc nccl`): nccl.delay_s seconds
+# added to each of its collectives (the whole group slows, as with a slow node), nccl.hang: its
+# ranks stop in the collective (the group's peers time out, as with a hung node).
 DEEP_GPU = {"matmul_tflops": "amount", "stress_tflops": "amount", "hbm_gbps": "amount", "h2d_gbps": "amount",
             "d2h_gbps": "amount", "p2p_gbps": "amount", "mismatches": "count"}
 DEEP_SCHEMA = {"gpu": DEEP_GPU, "gpus": MapOf("index", DEEP_GPU), "allreduce": {"busbw_gbps": "amount"},
-               "hang": [OneOf("call", ("stress", "bench", "allreduce"))]}
+               "hang": [OneOf("call", ("stress", "bench", "allreduce"))],
+               "nccl": {"delay_s": "amount", "hang": "bool"}}
 
 # A whole scenario file. Null for a top-level section means "none" (or, after extends, drops the
 # parent's).

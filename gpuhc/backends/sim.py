@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..scenario import Scenario
 from .gpu import GpuBackend, GpuError
@@ -169,6 +169,12 @@ class SimDeep:
                         gbps = min(self._gpu(a)["p2p_gbps"], self._gpu(b).get("p2p_gbps", self._gpu(a)["p2p_gbps"]))
                         out["p2p"].append({"src": a, "dst": b, "gbps": gbps, "peer_access": True})
         return out
+
+    def nccl_fault(self) -> Tuple[float, bool]:
+        """(seconds this node's ranks add to each collective, whether they hang in it) in a real
+        multi-node all-reduce (`gpuhc nccl`): the scenario's deep.nccl, else (0.0, False)."""
+        spec = self.deep.get("nccl") or {}
+        return float(spec.get("delay_s") or 0.0), bool(spec.get("hang"))
 
     def allreduce(self, gpus: Sequence[int], max_bytes: int, timeout_s: float, progress=None):
         self._enter("allreduce", timeout_s)
