@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import tempfile
 import time
 from typing import Any, Callable, Optional, Set
@@ -105,6 +106,19 @@ def open_mode(path: str, flags: int, mode: int) -> int:
     return fd
 
 
+def open_lock(path: str) -> int:
+    """A lock file's descriptor (0600, made when missing; in a directory only root or this user
+    writes). One left there by another user (before the directory was made safe) is replaced:
+    whoever can open a lock can flock it, and hold every writer that waits for it."""
+    fd = open_mode(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, LOCK_MODE)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or not trust.trusted_owner(st.st_uid):
+        os.close(fd)
+        os.unlink(path)
+        fd = open_mode(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NONBLOCK, LOCK_MODE)
+    return fd
+
+
 LOCK_WAIT = 2.0     # at most this long for another gpuhc's read-modify-write of the same file
 
 
@@ -120,8 +134,7 @@ def update(state_dir: str, name: str, change: Callable[[Any], Any]) -> bool:
         return False
     fd = -1
     try:
-        fd = open_mode(os.path.join(state_dir, "." + name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NONBLOCK,
-                       LOCK_MODE)
+        fd = open_lock(os.path.join(state_dir, "." + name + ".lock"))
         deadline = time.monotonic() + LOCK_WAIT
         while True:
             try:

@@ -12,7 +12,7 @@ from gpuhc.errors import GpuhcError
 from gpuhc.export import prometheus_text, export_prometheus
 from gpuhc.model import Finding, GpuRef, Severity
 from gpuhc.store import Store
-from test_store import STABLE_CHECKS, isolated
+from test_store import STABLE_CHECKS, as_nobody, isolated, shared_tmp  # noqa: F401 (shared_tmp: a fixture)
 
 
 
@@ -204,3 +204,31 @@ def test_output_through_a_symlink_replaces_its_target_and_keeps_the_link(stored,
     dangling.symlink_to(real_dir / "new.prom")
     assert export_prometheus(cfg, output=str(dangling)) == "" and os.path.islink(str(dangling))
     assert "gpuhc_node_severity" in (real_dir / "new.prom").read_text()
+
+
+def test_output_through_a_link_another_user_planted_is_refused(stored, tmp_path, shared_tmp):
+    """--output in a directory others can write (/tmp, a textfile directory opened to a group):
+    another user plants a symlink under the output's name pointing at a file of root's, and the
+    export (as root, from cron) replaced that file. A link is followed only where no other user
+    could have planted it; else the export is refused and nothing is written."""
+    cfg, _ = stored
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    planted = os.path.join(shared_tmp, "gpuhc.prom")
+    as_nobody(os.symlink, str(victim), planted)
+    with pytest.raises(GpuhcError, match="--output %s: refused: %s: owned by uid 65534" % (planted, planted)):
+        export_prometheus(cfg, output=planted)
+    res = gpuhc("export", "prometheus", "--output", planted, env=isolated(tmp_path))
+    assert res.returncode == 2 and res.stderr.startswith("gpuhc: error: --output %s: refused" % planted), res.stderr
+    open_dir = os.path.join(shared_tmp, "textfiles")     # world-writable, no sticky bit: even root's own link
+    os.mkdir(open_dir)                                   # there can be swapped for another one
+    os.chmod(open_dir, 0o777)
+    os.symlink(str(victim), os.path.join(open_dir, "gpuhc.prom"))
+    with pytest.raises(GpuhcError, match="refused: %s: writable by group and others" % open_dir):
+        export_prometheus(cfg, output=os.path.join(open_dir, "gpuhc.prom"))
+    assert victim.read_text() == "precious\n" and os.listdir(shared_tmp) == ["gpuhc.prom", "textfiles"]
+    # no link under the name: written there, by a rename that replaces the name and follows nothing
+    fresh = os.path.join(shared_tmp, "fresh.prom")
+    assert export_prometheus(cfg, output=fresh) == ""
+    st = os.lstat(fresh)
+    assert stat.S_ISREG(st.st_mode) and st.st_uid == 0 and "gpuhc_node_severity" in open(fresh).read()

@@ -398,6 +398,26 @@ def test_cli_status_of_an_empty_store(tmp_path):
     assert res.returncode == 0 and res.stdout.strip() == "no results in the store %s" % (tmp_path / "store")
 
 
+def test_a_store_path_that_is_a_file_is_a_configuration_error(tmp_path, make_cfg):
+    """`store:` names a file (a typo, a path that became a file after the config was read): status
+    said "no results" and exited 0, as for a new cluster. Every reader stops with one line (exit 2)."""
+    from gpuhc.export import export_prometheus
+    from gpuhc.store import StoreError
+
+    path = tmp_path / "afile"
+    cfg = make_cfg(store=str(path))
+    path.write_text("not a directory\n")
+    for read in (lambda: ST.status_text(cfg), lambda: ST.show_text(cfg, "gpu-001"),
+                 lambda: ST.history_text(cfg, "gpu-001"), lambda: export_prometheus(cfg)):
+        with pytest.raises(StoreError, match="store %s: not a directory" % path):
+            read()
+    config = tmp_path / "config.yaml"
+    config.write_text("store: %s\nstate_dir: %s\nslurm: {backend: none}\n" % (path, tmp_path / "state"))
+    res = gpuhc("status", env={"GPUHC_CONFIG": str(config)})
+    assert res.returncode == 2 and res.stdout == "" and len(res.stderr.splitlines()) == 1, res
+    assert res.stderr.startswith("gpuhc: error: ") and "not a directory" in res.stderr
+
+
 # ---- bad records in the store ----------------------------------------------------------------------
 
 BAD_SUMMARY_FIELDS = [("started_ts", "x"), ("top", "x"), ("overall", ["x"]), ("overall", 5), ("overall", "BAD"),

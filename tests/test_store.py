@@ -941,3 +941,362 @@ def test_a_hung_shared_store_does_not_hold_the_prolog(tmp_path, hung_mount):
     assert len(history) == 2 and len({r["started_ts"] for r in history}) == 2
     summary = json.loads(open(node_file(store, "gpu-001", "summary.json")).read())
     assert summary["history"]["count"] == 2
+
+
+NOBODY = 65534
+
+
+def as_nobody(fn, *args):
+    """fn(*args) in a forked child running as nobody (uid and gid 65534): another user on the node."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            fn(*args)
+            code = 0
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the unprivileged step failed"
+
+
+@pytest.fixture
+def shared_tmp():
+    """A directory like /tmp (root's, mode 1777: every user may add names, none may replace another's)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    base = tempfile.mkdtemp(prefix="gpuhc-trust-")
+    os.chmod(base, 0o1777)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _marker(root):
+    with open(os.path.join(root, S.MARKER), "w") as fh:
+        fh.write("{}\n")
+
+
+@pytest.mark.parametrize("how", ["owner", "mode", "parent", "nodes"])
+def test_a_store_another_user_could_write_is_refused(shared_tmp, tmp_path, caplog, how):
+    """A store directory created first by another user (under /tmp), or writable by group or
+    others, or below a directory others can write, or whose nodes directory is another user's:
+    whoever can write there can forge PASS records (what auto-resume counts), hold the writers'
+    lock, or swap a node directory for a link between the check and the write. The writer refuses
+    it (the result is spooled, with one line naming the path and the fix); readers stop with it."""
+    root = os.path.join(shared_tmp, "store")
+    if how == "owner":
+        as_nobody(lambda: (os.mkdir(root, 0o755), _marker(root)))
+        bad, fix = root, "owned by uid 65534, not by root"
+    elif how == "mode":
+        os.mkdir(root)
+        os.chmod(root, 0o775)
+        bad, fix = root, "writable by group (mode 0775)"
+    elif how == "parent":
+        parent = os.path.join(shared_tmp, "shared")
+        os.mkdir(parent)
+        os.chmod(parent, 0o777)
+        root = os.path.join(parent, "store")
+        os.mkdir(root)
+        bad, fix = parent, "writable by group and others (mode 0777)"
+    else:
+        os.mkdir(root)
+        os.mkdir(os.path.join(root, "nodes"))
+        os.chown(os.path.join(root, "nodes"), NOBODY, NOBODY)       # handed to a user once, by mistake
+        bad, fix = os.path.join(root, "nodes"), "owned by uid 65534"
+    if how != "owner":
+        _marker(root)
+    st = Store(root, str(tmp_path / "state"), timeout=2.0, auto_init=False)
+    with caplog.at_level(logging.WARNING, "gpuhc.store"):
+        assert st.record(report()) == "spooled"
+    assert "%s: %s" % (bad, fix) in caplog.text, caplog.text
+    assert ("chown root %s" % bad if how in ("owner", "nodes") else "chmod go-w %s" % bad) in caplog.text
+    assert not os.path.exists(os.path.join(root, "nodes", "gpu-001"))
+    for read in (st.summaries, lambda: st.latest("gpu-001")):
+        with pytest.raises(StoreError, match="refused: %s: %s" % (bad, fix.replace("(", r"\(").replace(")", r"\)"))):
+            read()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("store: %s\nstate_dir: %s\nslurm: {backend: none}\n" % (root, tmp_path / "state"))
+    res = gpuhc("status", env={"GPUHC_CONFIG": str(cfg)})
+    assert res.returncode == 2 and res.stdout == "", res
+    [line] = res.stderr.splitlines()
+    assert line.startswith("gpuhc: error: store %s refused: %s: %s" % (root, bad, fix)), line
+
+
+def test_records_another_user_spooled_are_never_flushed(shared_tmp, tmp_path, caplog):
+    """The state directory was made under /tmp by another user before gpuhc first ran (or is open
+    to others): that user put three PASS records in the spool, and the next write flushed them
+    into the shared store, where auto-resume counts passes. A spool another user can write is not
+    used; and a spooled file that is not root's is set aside, never written."""
+    state = os.path.join(shared_tmp, "state")
+    now = time.time()
+
+    def plant():
+        spool = os.path.join(state, "spool", "gpu-001")
+        os.makedirs(spool, 0o755)
+        for n in range(3):
+            with open(os.path.join(spool, "%020d-1-%d.json" % (n + 1, n)), "wb") as fh:
+                fh.write(S.encode(report(started=now - 60 + n, job="forged-%d" % n).to_dict()))
+    as_nobody(plant)
+    st = Store(str(tmp_path / "store"), state, timeout=5.0)
+    with caplog.at_level(logging.WARNING, "gpuhc.store"):
+        assert st.record(report(job="mine")) == "stored"
+    assert [r.job_id for r in st.history("gpu-001")] == ["mine"]
+    assert "spool not used: %s: owned by uid 65534" % state in caplog.text
+    # a spool of root's holding a file another user owns (a copy chowned, a hard link): set aside
+    good = Store(str(tmp_path / "store"), str(tmp_path / "state"), timeout=5.0)
+    path = good._spool("gpu-001", S.encode(report(started=now - 30, job="forged").to_dict()))
+    os.chown(path, NOBODY, NOBODY)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "gpuhc.store"):
+        assert good.record(report(job="mine-2")) == "stored"
+    assert "%s: not written by gpuhc (owned by uid 65534" % path in caplog.text
+    assert os.path.exists(path + ".corrupt") and good.spooled() == []
+    assert [r.job_id for r in good.history("gpu-001")] == ["mine-2", "mine"]
+
+
+def test_a_check_state_another_user_replaced_is_not_believed(shared_tmp, tmp_path):
+    """The node's check state (Xid events seen, acknowledged, reset) lives in the state directory.
+    Created first by another user under /tmp, that user replaced it with one whose Xid 79 is
+    acknowledged: the REBOOT turned into a PASS. A state directory or file another user could
+    have written is not read (a warning names it), so the Xid is seen again."""
+    def config(state):
+        path = tmp_path / ("config-%s.yaml" % os.path.basename(state))
+        path.write_text("store: %s\nstate_dir: %s\ndetect: {slurm_features: false, cloud_metadata: false}\n"
+                        "slurm: {backend: none}\n" % (tmp_path / "store", state))
+        return {"GPUHC_CONFIG": str(path)}
+    def xid(env):
+        res = gpuhc("check", "--simulate", "h100-xid79", "--node", "gpu-001", "--check", "xid", "--no-record",
+                    "--json", env=env)
+        return [f["severity"] for f in json.loads(res.stdout)["findings"] if f["check"] == "xid"], res.stderr
+    good = str(tmp_path / "good")
+    assert xid(config(good))[0] == ["REBOOT"]
+    # the forged state: this node's own, its cursor past the Xid line and no event kept
+    path = os.path.join(good, "checks-gpu-001.json")
+    with open(path) as fh:
+        doc = json.load(fh)
+    doc["xid"]["events"] = []
+    forged = json.dumps(doc).encode()
+    with open(path, "wb") as fh:
+        fh.write(forged)
+    assert xid(config(good))[0] == ["PASS"]      # what the forged state says, when believed
+    state = os.path.join(shared_tmp, "state")
+
+    def plant():
+        os.mkdir(state, 0o755)
+        with open(os.path.join(state, "checks-gpu-001.json"), "wb") as fh:
+            fh.write(forged)
+    as_nobody(plant)
+    severities, stderr = xid(config(state))
+    assert severities == ["REBOOT"], stderr
+    assert "gpuhc: warning: local state not used: %s: owned by uid 65534" % state in stderr
+    # the same file in a directory of root's, but owned by that user: not read either
+    from gpuhc import localstate
+    os.chown(os.path.join(good, "checks-gpu-001.json"), NOBODY, NOBODY)
+    assert localstate.read(good, "checks-gpu-001") is None
+
+
+HOLD_FD = """
+import fcntl, os, sys, time
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_lock_file_of_another_user_stalls_no_writer(shared_tmp, tmp_path):
+    """A node's lock file (and the check state's) left by another user, who holds it: every write
+    waited out its timeout and went to the spool, and every prolog waited LOCK_WAIT for the check
+    state. A lock gpuhc did not make is replaced (its directory is root's alone), not waited for."""
+    from gpuhc import localstate
+
+    root, state = os.path.join(shared_tmp, "store"), os.path.join(shared_tmp, "state")
+    st = Store(root, state, timeout=1.0)
+    assert st.record(report(job="first")) == "stored"
+    localstate.update(state, "checks-gpu-001", lambda old: {"n": 1})
+    holders = []
+    try:
+        for lock in (node_file(root, "gpu-001", ".lock"), os.path.join(state, ".checks-gpu-001.lock")):
+            os.chown(lock, NOBODY, NOBODY)
+            fd = os.open(lock, os.O_RDWR)
+            holder = subprocess.Popen([sys.executable, "-c", HOLD_FD, str(fd)], pass_fds=(fd,),
+                                      stdout=subprocess.PIPE, text=True)
+            os.close(fd)
+            holders.append(holder)
+            assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        assert st.record(report(job="second")) == "stored"
+        assert localstate.update(state, "checks-gpu-001", lambda old: {"n": (old or {}).get("n", 0) + 1})
+        assert time.monotonic() - t0 < 1.0
+        assert os.stat(node_file(root, "gpu-001", ".lock")).st_uid == 0
+        assert localstate.read(state, "checks-gpu-001") == {"n": 2}
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+
+
+def _mount(*args):
+    return subprocess.run(["mount"] + list(args), capture_output=True, text=True)
+
+
+def test_an_empty_mount_point_is_not_written(tmp_path, caplog):
+    """The shared store's filesystem is not mounted (a boot where the NFS mount failed, an autofs
+    timeout): the mount point is an empty local directory. The records landed there and were hidden
+    once the filesystem was mounted over them (3 of 5 missing, no warning). A configured store must
+    carry the marker of `gpuhc store init`; without it the writer spools with a warning naming the
+    store, and the next write after the mount comes back flushes: every record lands in the store."""
+    if os.geteuid() != 0 or _mount("--bind", "/nonexistent-gpuhc", "/nonexistent-gpuhc").returncode == 32 and \
+            "permission" in _mount("--bind", "/nonexistent-gpuhc", "/nonexistent-gpuhc").stderr.lower():
+        pytest.skip("needs root and bind mounts")
+    shared = tmp_path / "nfs-server-export"
+    assert S.init_store(str(shared)).endswith("initialised (.gpuhc-store written)")
+    point = tmp_path / "mnt" / "gpuhc"
+    point.mkdir(parents=True)
+    if _mount("--bind", str(shared), str(point)).returncode != 0:
+        pytest.skip("cannot bind-mount here")
+    mounted = True
+    try:
+        st = Store(str(point), str(tmp_path / "state"), timeout=2.0, auto_init=False)
+        now = time.time()
+        assert st.record(report(started=now - 30, job="a")) == "stored"
+        assert subprocess.run(["umount", str(point)]).returncode == 0
+        mounted = False
+        with caplog.at_level(logging.WARNING, "gpuhc.store"):
+            assert st.record(report(started=now - 20, job="b")) == "spooled"
+        assert "store %s: not initialised (no .gpuhc-store marker): is the shared filesystem mounted there?" \
+            % point in caplog.text and "gpuhc store init %s" % point in caplog.text
+        assert os.listdir(str(point)) == []               # nothing hides under the mount point
+        assert _mount("--bind", str(shared), str(point)).returncode == 0
+        mounted = True
+        assert st.record(report(started=now - 10, job="c")) == "stored"
+        assert st.spooled() == []
+        assert [r.job_id for r in st.history("gpu-001")] == ["c", "b", "a"]
+        assert st.summaries()["gpu-001"]["history"]["count"] == 3
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(point)])
+    assert sorted(r["job_id"] for r in lines(node_file(shared, "gpu-001", "history.jsonl"))) == ["a", "b", "c"]
+
+
+def test_the_default_local_store_initialises_itself(tmp_path, make_cfg, monkeypatch):
+    """With no `store:` configured the store is a local directory: it makes its own marker, so a
+    single node works out of the box. Any other store must be initialised."""
+    from gpuhc.store import reading
+
+    local = tmp_path / "default-store"
+    monkeypatch.setattr(reading, "default_root", lambda: str(local))
+    st = Store.from_config(make_cfg(store=str(local)))
+    assert st.auto_init and st.record(report()) == "stored"
+    assert os.path.isfile(str(local / S.MARKER))
+    other = Store.from_config(make_cfg(store=str(tmp_path / "elsewhere")))
+    assert not other.auto_init and other.record(report()) == "spooled"
+
+
+# -- a full disk, a read-only store, what is not a regular file ----------------------------------------
+
+def test_a_full_disk_leaves_no_torn_line_and_a_true_count(tmp_path):
+    """The store's filesystem fills up. Writes failed at every step (history append cut short,
+    latest.json, summary.json): the summary's count drifted from the records (6 against 7) and a
+    torn line stayed in the history. At every fill level tried here, once space is back and the
+    spool flushed: every record once, no torn line, and the count is the number of records."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    small = tmp_path / "small"
+    small.mkdir()
+    if _mount("-t", "tmpfs", "-o", "size=128k,mode=0755", "tmpfs", str(small)).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        root = small / "store"
+        st = Store(str(root), str(tmp_path / "state"), timeout=5.0)
+        now = time.time()
+        jobs = ["j%02d" % n for n in range(40)]
+        assert st.record(report(started=now - 100, job=jobs[0])) == "stored"
+        filler = small / "filler"
+        fd = os.open(str(filler), os.O_WRONLY | os.O_CREAT)      # the rest of the disk, taken
+        try:
+            while os.write(fd, b"x" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        outcomes = []
+        for n, job in enumerate(jobs[1:], 1):
+            size = os.path.getsize(str(filler))
+            os.truncate(str(filler), max(0, size - 700))     # a little room each time: writes fail at every step
+            outcomes.append(st.record(report(started=now - 100 + n, job=job)))
+        assert "spooled" in outcomes and "stored" in outcomes, outcomes
+        filler.unlink()
+        assert st.record(report(started=now, job="last")) == "stored"
+        assert st.spooled() == []
+        raw = open(node_file(root, "gpu-001", "history.jsonl"), "rb").read()
+        assert raw.endswith(b"\n")
+        recorded = [json.loads(line)["job_id"] for line in raw.splitlines()]      # every line whole
+        assert sorted(recorded) == sorted(jobs + ["last"])                          # every record once
+        assert st.summaries()["gpu-001"]["history"]["count"] == len(recorded)
+        assert st.latest("gpu-001").job_id == "last"
+    finally:
+        subprocess.run(["umount", "-l", str(small)])
+
+
+def test_a_read_only_store_warning_names_this_nodes_files(tmp_path, caplog):
+    """The store went read-only while another node's record waited in this node's spool (written
+    with --node elsewhere): the warning named the other node's lock file, as if that were what
+    failed. It names what this write could not do."""
+    root = tmp_path / "store"
+    st = Store(str(root), str(tmp_path / "state"), timeout=2.0)
+    assert st.record(report(node="gpu-002", job="other")) == "stored"
+    st._spool("gpu-002", S.encode(report(node="gpu-002", started=time.time() - 50, job="waiting").to_dict()))
+    if _mount("--bind", str(root), str(root)).returncode != 0:
+        pytest.skip("cannot bind-mount here")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(root)], check=True, capture_output=True)
+        with caplog.at_level(logging.WARNING, "gpuhc.store"):
+            assert st.record(report(node="gpu-001")) == "spooled"
+        [line] = [r.getMessage() for r in caplog.records if "result spooled" in r.getMessage()]
+        assert "Read-only file system" in line and "gpu-001" in line and "gpu-002" not in line, line
+    finally:
+        subprocess.run(["umount", "-l", str(root)])
+
+
+def test_a_fifo_or_a_device_in_one_node_never_takes_the_fleet_view_down(tmp_path, make_cfg, caplog):
+    """One node's latest.json (and summary, history) is a FIFO: status, show and export opened it
+    and waited for a writer until the read timeout, then failed for the whole fleet. A character
+    device as history.jsonl made every reader exit 3 and a prolog reach 2 GB. Only regular files
+    are opened (never waiting on a FIFO), and a bad node is skipped with a warning."""
+    cfg = make_cfg()
+    st = Store.from_config(cfg)
+    for node in ("gpu-001", "gpu-002", "gpu-003"):
+        assert st.record(report(node=node, job=node)) == "stored"
+    for name in ("latest.json", "summary.json", "history.jsonl"):
+        path = node_file(st.root, "gpu-002", name)
+        os.unlink(path)
+        os.mkfifo(path)
+    for name in ("latest.json", "summary.json", "history.jsonl"):
+        os.unlink(node_file(st.root, "gpu-003", name))
+    os.mknod(node_file(st.root, "gpu-003", "history.jsonl"), stat.S_IFCHR | 0o644, os.makedev(1, 5))   # /dev/zero
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, "gpuhc.store"):
+        assert set(st.summaries()) == {"gpu-001"}
+        text = ST.status_text(cfg, per_node=True, header=False)
+        assert [row.split()[0] for row in text.splitlines()] == ["gpu-001"]
+        assert "gpu-001" in export_prometheus(cfg) and "gpu-002" not in export_prometheus(cfg)
+        assert st.history("gpu-003") == [] and st.latest("gpu-002") is None
+        with pytest.raises(StoreError, match="no readable result for node 'gpu-002'"):
+            ST.show_text(cfg, "gpu-002")
+        assert st.record(report(node="gpu-003", job="after")) == "spooled"      # not appended to a device
+    assert time.monotonic() - t0 < 10
+    assert "gpu-002/latest.json: cannot read: not a regular file" in caplog.text
+    assert "gpu-003/history.jsonl: cannot read: not a regular file" in caplog.text
+    res = gpuhc("status", "-N", env=isolated(tmp_path))
+    assert res.returncode == 0 and res.stdout.split()[res.stdout.split().index("gpu-001")] == "gpu-001"
+    assert "gpu-002" not in res.stdout and "Traceback" not in res.stderr

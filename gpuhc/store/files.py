@@ -14,7 +14,7 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .. import trust
-from ..localstate import LOCK_MODE, NOFOLLOW, open_mode
+from ..localstate import NOFOLLOW, open_lock, open_mode
 from .records import StoreError, parse
 
 log = logging.getLogger("gpuhc.store")
@@ -181,13 +181,7 @@ class Flock:
         self.path = path
 
     def __enter__(self) -> "Flock":
-        self.fd, st = open_regular(self.path, os.O_RDWR | os.O_CREAT, LOCK_MODE)
-        if not trust.trusted_owner(st.st_uid):
-            # left by another user while the directory was not yet safe: whoever opens it can hold
-            # every writer; the directory is trusted now (checked first), so replace it
-            os.close(self.fd)
-            os.unlink(self.path)
-            self.fd, st = open_regular(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, LOCK_MODE)
+        self.fd = open_lock(self.path)      # never another user's (the directory is trusted, checked first)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX)
         except BaseException:

@@ -82,7 +82,8 @@ class StoreReader:
             raise StoreError("store %s: cannot be read: %s" % (self.root, exc.strerror or exc)) from None
         if not stat.S_ISDIR(st.st_mode):
             raise StoreError("store %s: not a directory (check `store:` in the configuration)" % self.root)
-        require_trusted(self.root, "store %s" % self.root)
+        # the nodes directory too (and so everything above it): whoever can write there can forge a node
+        require_trusted(self.nodes_dir if os.path.lexists(self.nodes_dir) else self.root, "store %s" % self.root)
         if not self.auto_init and not os.path.isfile(os.path.join(self.root, MARKER)) and self.root not in _warned:
             _warned.add(self.root)
             log.warning("store %s: no %s marker: not initialised, or the shared filesystem is not mounted there "

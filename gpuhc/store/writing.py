@@ -31,7 +31,7 @@ import time
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 from .. import trust
-from ..localstate import open_mode
+from ..localstate import open_lock
 from ..model import Report, valid_ts
 from . import detach
 from .files import (
@@ -92,6 +92,7 @@ class Store(Spool):
         self._prepare_root()
         mkdir(self.nodes_dir)
         self._inside(path)         # before mkdir: never a directory made through a link out of the root
+        require_trusted(self.nodes_dir, "store %s" % self.root)      # nor in a directory another user holds
         mkdir(path)
         real = self._inside(path)
         require_trusted(real, "store directory %s" % path)
@@ -163,7 +164,7 @@ class Store(Spool):
         except OSError:
             usable = False          # no spool to be had: the write goes on without the slot
         if spool and usable:
-            fd = open_mode(os.path.join(spool, ".%s.writer" % node), os.O_RDWR | os.O_CREAT, 0o600)
+            fd = open_lock(os.path.join(spool, ".%s.writer" % node))
             deadline = time.monotonic() + limit
             while True:
                 try:
