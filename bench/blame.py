@@ -91,8 +91,8 @@ def bisection_trial(args):
         for g in groups:
             plan.record(fleet.run(g))
         t = time.perf_counter()
-        for x in plan.verdict().convicted:
-            found_at.setdefault(x, plan.rounds)
+        convicted = plan.verdict().convicted        # a verdict can be withdrawn (a link explains its runs)
+        found_at = {x: found_at.get(x, plan.rounds) for x in convicted}
         planning += time.perf_counter() - t
     out = score(fleet, plan.verdict())
     out.update(rounds=plan.rounds, jobs=plan.jobs, plan_s=planning,

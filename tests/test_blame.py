@@ -66,8 +66,7 @@ def bisect(fleet, **kw):
         assert set(flat) <= set(fleet.nodes)
         for g in groups:
             plan.record(fleet.run(g))
-        for x in plan.verdict().convicted:
-            found.setdefault(x, plan.rounds)
+        found = {x: found.get(x, plan.rounds) for x in plan.verdict().convicted}
     return plan, found
 
 
@@ -420,3 +419,26 @@ def test_blame_imports_no_torch_slurm_or_store():
     assert done.returncode == 0, done.stderr
     assert set(done.stdout.split()) <= {"gpuhc", "gpuhc.controller", "gpuhc.controller.blame", "gpuhc.hostlist",
                                         "gpuhc.errors"}
+
+
+def test_history_of_other_nodes_is_evidence_but_never_run():
+    nodes = names(16)
+    mine, others = nodes[:8], nodes[8:]
+    # the pair history: an outsider failed with three of mine, which passed with other outsiders
+    history = [fails({others[0], m}) for m in mine[:3]] + [passes({m, o}) for m, o in zip(mine[:3], others[1:4])]
+    fleet = Fleet(mine, bad=[mine[4]])
+    plan = Bisection(mine, history + [fleet.run(mine, fail=True)])
+    while True:
+        groups = plan.next_groups()
+        if not groups:
+            break
+        assert all(set(g) <= set(mine) for g in groups), groups
+        for g in groups:
+            plan.record(fleet.run(g))
+    v = plan.verdict()
+    assert set(v.convicted) == {mine[4]}
+    assert frozenset({others[0], mine[0]}) in v.unexplained and others[0] in v.undecided
+
+    # a pass of the whole allocation from before the node broke clears it: the results must be of one state
+    stale = Bisection(mine, [passes(mine), fleet.run(mine, fail=True)])
+    assert stale.next_groups() == [] and not stale.verdict().convicted

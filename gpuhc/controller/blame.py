@@ -404,9 +404,10 @@ class _Knowledge:
 
 
 def default_rounds(n: int) -> int:
-    """The default round budget of a bisection over n nodes: 3 log2(n) + 6, log2 rounded up. A bad node takes
-    about log2(n) + 1 rounds; a bad link takes about twice as many as a node, after it."""
-    return 3 * math.ceil(math.log2(max(n, 2))) + 6
+    """The default round budget of a bisection over n nodes: 4 log2(n) + 8, log2 rounded up. A bad node takes
+    about log2(n) + 1 rounds; a bad link about twice as many, after the nodes; a node whose runs a link turns
+    out to explain needs more runs of its own."""
+    return 4 * math.ceil(math.log2(max(n, 2))) + 8
 
 
 class Bisection:
@@ -507,7 +508,9 @@ class Bisection:
         whole = frozenset(self.nodes)
         if not k.failing and whole not in k.tested:
             return [self.nodes]
-        unexplained = k.unexplained              # smallest first, ties in the order of the results
+        # smallest first, ties in the order of the results; a failing set with nodes outside this plan's (from
+        # the pair history) is evidence, but not this plan's to run
+        unexplained = [s for s in k.unexplained if s <= whole]
         items: List[FrozenSet[str]] = []
         for s in unexplained:                    # the smallest failing sets: a larger one waits for them
             if not any(t < s for t in items):
@@ -525,19 +528,20 @@ class Bisection:
             if not items:
                 return []
 
-        structural: List[FrozenSet[str]] = []
-        requests: List[Tuple[Group, FrozenSet[str]]] = []     # (nodes to test beside passing ones, their item)
+        halves: List[FrozenSet[str]] = []                     # node search first, then links
+        requests: List[Tuple[str, FrozenSet[str]]] = []       # (a suspect to run beside passing nodes, its set)
+        link_groups: List[FrozenSet[str]] = []                # reruns, unions of quarters, pairs alone
         for g in items:
             suspects = [n for n in self._ordered(g) if n not in k.cleared]
             if len(suspects) > self.small:
                 half = (len(suspects) + 1) // 2
-                structural += [frozenset(suspects[:half]), frozenset(suspects[half:])]
+                halves += [frozenset(suspects[:half]), frozenset(suspects[half:])]
             elif suspects:
-                requests += [((u,), g) for u in suspects]
+                requests += [(u, g) for u in suspects]
             elif k.failing[g] == 1 and not k.confirmed_superset(g):
-                structural.append(g)                             # the rerun
+                link_groups.append(g)                            # the rerun
             else:
-                self._link_search(k, g, structural, requests)
+                link_groups += self._link_search(k, g)
 
         used: Set[str] = set()
         out: List[Group] = []
@@ -550,33 +554,28 @@ class Bisection:
             out.append(self._ordered(nodes))
             return True
 
-        for g in structural:
+        for g in halves:
             take(g)
         busy = set().union(*items)
         pool = [n for n in self.nodes if n in k.cleared and n not in used]
         live, seen = [], set()
-        for core, g in requests:
-            if core not in seen and used.isdisjoint(core):
-                seen.add(core)
-                live.append((core, g))
+        for u, g in requests:
+            if u not in seen and u not in used:
+                seen.add(u)
+                live.append((u, g))
         share = max(1, len(pool) // max(1, len(live)))
         starved: List[FrozenSet[str]] = []
-        for core, g in live:
-            if not used.isdisjoint(core):
-                continue
+        for u, g in live:
             need = min(max(len(g), 2), self.small) - 1
-            if len(core) > 1 or need <= 0:      # a link is run bare: only the pair alone singles it out
-                take(core)
-                continue
-            free = [p for p in pool if p not in used and p not in core]
+            free = [p for p in pool if p not in used and p != u]
             if not free:
                 if g not in starved:
                     starved.append(g)
                 continue
-            # fresh partners first (never in a failing run with the suspect), that all passed together
-            seen_with = Counter(p for u in core for r in k.runs_with(u) for p in r.nodes)
+            # fresh partners first (never in a failing run with the suspect), that all passed together; with few
+            # passing nodes, one a run, so that each is missing from enough of the suspect's runs soon
+            seen_with = Counter(p for r in k.runs_with(u) for p in r.nodes)
             free.sort(key=lambda p: (seen_with[p], p in busy, self._pos[p]))
-            # few passing nodes: one partner a run, so each is missing from enough of the suspect's runs soon
             want = min(need, share, max(1, len(free) // (self.tolerate + 1)))
             pads: List[str] = []
             for p in free:
@@ -584,7 +583,9 @@ class Bisection:
                     pads.append(p)
                     if len(pads) == want:
                         break
-            take(core + tuple(pads))
+            take((u,) + tuple(pads))
+        for g in link_groups:
+            take(g)
         # no passing node to pad with: split the suspects among themselves, in groups not run before (halves,
         # leave-one-out, pairs); when nothing at all is proposed, try every failing set so
         for g in starved + ([s for s in unexplained if s not in starved] if not out else []):
@@ -601,10 +602,11 @@ class Bisection:
                     take(g)
         return out
 
-    def _link_search(self, k: _Knowledge, g: FrozenSet[str], structural: List[FrozenSet[str]],
-                     requests: List[Tuple[Group, FrozenSet[str]]]) -> None:
+    def _link_search(self, k: _Knowledge, g: FrozenSet[str]) -> List[FrozenSet[str]]:
         """A failing set whose nodes all passed elsewhere (and that failed twice, or inside a set that did):
-        narrow down the pair that never passed together."""
+        the groups that narrow down the pair that never passed together, best first: unions of two quarters
+        of the nodes still in such a pair (one round of the circle method over the quarters), or, with four
+        nodes or fewer left, the candidate pairs alone (only a pair alone singles a link out)."""
         if len(g) <= EXACT_PAIRS_UP_TO:
             links = k.uncleared_pairs(g)
             touched = self._ordered({n for link in links for n in link})
@@ -612,16 +614,15 @@ class Bisection:
             touched = self._ordered(k.lonely(g))
             links = k.uncleared_pairs(touched) if len(touched) <= self.small else []
         if len(touched) <= self.small:
-            def weight(link: Pair) -> int:        # pairs that already failed beside fresh partners go first
+            def weight(link: Pair) -> int:        # pairs that already failed go first
                 a, b = link
                 return -sum(1 for r in k.link_runs if a in r.nodes and b in r.nodes)
-            for link in sorted(links, key=lambda p: (weight(p), self._key(p[0]), self._key(p[1]))):
-                requests.append((self._ordered(link), g))
-            return
+            return [frozenset(link) for link in
+                    sorted(links, key=lambda p: (weight(p), self._key(p[0]), self._key(p[1])))]
         quarter = [touched[i * len(touched) // 4:(i + 1) * len(touched) // 4] for i in range(4)]
         for pairs in pair_rounds(range(4)):
             unions = [frozenset(quarter[i] + quarter[j]) for i, j in pairs]
             unions = [u for u in unions if u not in k.tested and k.has_uncleared_pair(u)]
             if unions:
-                structural.extend(unions)
-                return
+                return unions
+        return []
