@@ -46,6 +46,8 @@ def main():
         fh.write("store: %s/store\nstate_dir: %s/state\n" % (tmp, tmp))
     env = dict(os.environ, GPUHC_CONFIG=cfg, SLURMD_NODENAME="gpu-001")
     env.pop("SLURM_JOB_ID", None)
+    subprocess.run(command(args.gpuhc) + ["store", "init", tmp + "/store"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)      # as an operator does once: writers refuse a store without it
     results = []
     for sub in (["check", "--suite", "prolog", "--no-record"], ["prolog"]):
         cmd = command(args.gpuhc) + ["--simulate", args.scenario] + sub

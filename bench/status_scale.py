@@ -125,6 +125,7 @@ def main():
             t0 = time.perf_counter()
             build(root, args.nodes, args.records)
             print("built %d nodes x %d records in %.1f s" % (args.nodes, args.records, time.perf_counter() - t0))
+        S.init_store(root)          # as an operator does once (readers warn about a store without its marker)
         conf = os.path.join(base, "config.yaml")
         with open(conf, "w") as fh:
             fh.write("store: %s\nstate_dir: %s-state\n" % (root, root))

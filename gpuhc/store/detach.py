@@ -140,16 +140,9 @@ class Detached:
                 os._exit(0)
         os.close(w)
         self.fd = r
-        self.buffer = b""
+        self.middle = pid        # reaped in close(): it is gone as soon as it has forked, and its exit
+        self.buffer = b""        # (tearing down a copy of this process) overlaps the child's work
         self.ended = False
-        while True:
-            try:
-                os.waitpid(pid, 0)        # the middle process: gone as soon as it has forked
-                break
-            except InterruptedError:
-                continue
-            except ChildProcessError:
-                break
 
     def _message(self) -> Optional[Tuple[Any, ...]]:
         if len(self.buffer) < _HEADER.size:
@@ -192,6 +185,12 @@ class Detached:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self.middle:
+            try:
+                os.waitpid(self.middle, 0)
+            except ChildProcessError:
+                pass
+            self.middle = 0
 
 
 def call(work: Callable[[], Any], timeout: float) -> Any:
