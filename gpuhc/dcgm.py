@@ -179,7 +179,9 @@ def parse(text: str) -> Diag:
     root = doc[key] if key else doc
     if key is None and "tests" not in doc:
         raise DiagParseError("JSON without a %s section" % " or ".join(repr(k) for k in ROOT_KEYS))
-    metadata = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    metadata = doc.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = {}
     categories = root.get("test_categories")
     if not isinstance(categories, list):
         categories = [{"category": "", "tests": _list(root.get("tests"))}]     # tests without categories

@@ -36,18 +36,22 @@ class Severity(enum.Enum):
     ISOLATE = "ISOLATE"
     ERROR = "ERROR"
 
+    # each member's place in the order, set below from _RANK (an attribute: a dict lookup hashes the
+    # enum); annotated without a value, so it is no member
+    _rank: int
+
     @property
     def rank(self) -> int:
         """Order of the tiers; SKIP and ERROR rank below PASS."""
-        return self._rank      # type: ignore[attr-defined]  (set below: a dict lookup hashes the enum)
+        return self._rank
 
     @property
     def is_tier(self) -> bool:
-        return self._rank >= 0  # type: ignore[attr-defined]
+        return self._rank >= 0
 
     @property
     def unhealthy(self) -> bool:
-        return self._rank >= 2  # type: ignore[attr-defined]  (RESET and worse)
+        return self._rank >= 2   # RESET and worse
 
     @classmethod
     def parse(cls, text: str) -> "Severity":
@@ -73,7 +77,7 @@ _RANK = {
 }
 _BY_VALUE = {s.value: s for s in Severity}
 for _severity, _rank in _RANK.items():
-    _severity._rank = _rank   # type: ignore[attr-defined]
+    _severity._rank = _rank
 
 
 # Times a record may carry (epoch seconds): 1970 to 2242, which time.localtime/gmtime and strftime

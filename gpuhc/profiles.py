@@ -201,7 +201,7 @@ def match_gpus(profiles: Dict[str, Profile], gpu_name: str, count: int) -> Optio
 # H100 with the same GPU baseboard may run Spectrum-X Ethernet, NDR200 or four rails. A profile
 # picked from the GPU model and count alone expects none of it (the profile named in config or
 # by a Slurm node feature, or the instance type, does).
-NETWORK_KEYS = ("efa", "ib", "ib_rate")
+NETWORK_KEYS = ("efa", "ib", "ib_rate")        # without_network clears these fields by name
 
 
 def without_network(profile: Profile) -> Tuple[Profile, List[str]]:
@@ -209,7 +209,7 @@ def without_network(profile: Profile) -> Tuple[Profile, List[str]]:
     dropped = ["%s=%g" % (k, getattr(profile, k)) for k in NETWORK_KEYS if getattr(profile, k) is not None]
     if not dropped:
         return profile, []
-    return (dataclasses.replace(profile, **{k: None for k in NETWORK_KEYS}),
+    return (dataclasses.replace(profile, efa=None, ib=None, ib_rate=None),
             ["%s not expected: the GPU model does not say how the node is networked (name profile %s in "
              "config or as a Slurm node feature to expect it)" % (" ".join(dropped), profile.name)])
 

@@ -35,7 +35,7 @@ def main(cfg: Dict[str, Any], nodelist: Optional[str], force: bool, dry_run: boo
          reconcile: bool, run_here: bool, finish_node: Optional[str], job: Optional[str], node: Optional[str],
          simulate: Optional[str], as_json: bool) -> Tuple[str, int]:
     from .backends.slurm import SlurmError
-    from .controller import quarantine as Q
+    from .controller import quarantine as quarantine_control
     from .hostlist import expand
 
     modes = [m for m, on in (("--list", show_list), ("--cancel", cancel), ("--reconcile", reconcile),
@@ -47,7 +47,7 @@ def main(cfg: Dict[str, Any], nodelist: Optional[str], force: bool, dry_run: boo
     try:
         slurm = _slurm(cfg)
         if show_list:
-            entries = Q.listing(cfg, slurm)
+            entries = quarantine_control.listing(cfg, slurm)
             if as_json:
                 return json.dumps([e.to_dict() for e in entries], indent=2), 0
             from .output import table
@@ -56,15 +56,18 @@ def main(cfg: Dict[str, Any], nodelist: Optional[str], force: bool, dry_run: boo
                            for e in entries], ["NODE", "RESERVATION", "JOB", "STATE", "STARTED", "REASON"])
                     if entries else "no node in quarantine"), 0
         if reconcile:
-            rows = Q.reconcile(cfg, slurm)
+            rows = quarantine_control.reconcile(cfg, slurm)
             return (_table(rows, as_json) if rows else ("[]" if as_json else "nothing to repair")), 0
         if finish_node:
-            row = Q.finish(cfg, slurm, finish_node, job, wait=float(cfg["quarantine"]["finish_wait"]))
+            row = quarantine_control.finish(cfg, slurm, finish_node, job, wait=float(cfg["quarantine"]["finish_wait"]))
             return _table([row], as_json), 0 if row["result"] == "finished" else 1
         if not nodelist:
             raise GpuhcError("give a NODELIST (or --list, --reconcile)")
         nodes = expand(nodelist, "NODELIST")
-        rows = Q.cancel(cfg, slurm, nodes) if cancel else Q.start(cfg, slurm, nodes, force=force, dry_run=dry_run)
+        if cancel:
+            rows = quarantine_control.cancel(cfg, slurm, nodes)
+        else:
+            rows = quarantine_control.start(cfg, slurm, nodes, force=force, dry_run=dry_run)
     except SlurmError as exc:
         return "gpuhc: error: Slurm: %s" % exc, EXIT_UNKNOWN
     ok = {"started", "planned", "cancelled", "skipped"}
@@ -77,13 +80,14 @@ def _when(ts: Optional[int]) -> str:
 
 def _run_here(cfg: Dict[str, Any], node: Optional[str], simulate: Optional[str], as_json: bool) -> Tuple[str, int]:
     from .contexts import bench
-    from .contexts import quarantine as QC
+    from .contexts import quarantine as quarantine_job
     from .contexts.pipeline import run as run_pipeline
     from .output import report_text
 
     if cfg["slurm"]["backend"] == "none":
         raise GpuhcError("quarantine --run acts through Slurm (slurm.backend: none)")
-    outcome = run_pipeline(cfg, QC.CONTEXT, node=node, simulate=simulate, progress=bench.progress_to_stderr)
+    outcome = run_pipeline(cfg, quarantine_job.CONTEXT, node=node, simulate=simulate,
+                           progress=bench.progress_to_stderr)
     report = outcome.report
     if as_json:
         return json.dumps(dict(report.to_dict(), action_taken=outcome.action.to_dict()), indent=2), outcome.exit_code

@@ -43,7 +43,7 @@ def choose(wanted: Sequence[str], every: bool, listed: Dict[str, int], with_xids
     if every:
         if not listed:
             raise GpuhcError("--all: NVML lists no GPU here; name them by PCI bus id with --gpu")
-        return sorted(listed, key=listed.get)
+        return sorted(listed, key=lambda bus: listed[bus])
     if not wanted:
         if not with_xids:
             raise GpuhcError("no GPU has an active Xid that a reset resolves (RESET tier): name the GPUs "
@@ -58,9 +58,10 @@ def choose(wanted: Sequence[str], every: bool, listed: Dict[str, int], with_xids
                 raise GpuhcError("--gpu %s: no GPU with that index (NVML lists %d)" % (text, len(listed)))
             bus = by_index[text]
         else:
-            bus = parse_bus_id(text)
-            if bus is None:
+            parsed = parse_bus_id(text)
+            if parsed is None:
                 raise GpuhcError("--gpu %r: expected an NVML index or a PCI bus id like 0000:5d:00.0" % value)
+            bus = parsed
             known = sorted(set(listed) | set(on_pci))
             if known and bus not in known:
                 raise GpuhcError("--gpu %s: no NVIDIA GPU at that PCI address (here: %s)" % (value, ", ".join(known)))
@@ -102,14 +103,18 @@ def reset(cfg: Dict[str, Any], node: Optional[str] = None, simulate: Optional[st
     # bring the Xid state up to date first (events logged up to now are the ones a reset resolves),
     # and learn the GPUs' indexes; session.run closes its NVML handle, which must not hold the GPU
     report, _, ctx = session.run(cfg, "check", checks=["xid"], node=node, simulate=simulate)
-    listed = {normalize_bus_id(ref.pci_bus_id): ref.index
-              for ref in (ctx.inventory.gpus if ctx.inventory else []) if ref.pci_bus_id}
+    listed: Dict[str, int] = {}
+    for ref in (ctx.inventory.gpus if ctx.inventory else []):
+        listed_bus = normalize_bus_id(ref.pci_bus_id)
+        if listed_bus is not None:
+            listed[listed_bus] = ref.index
     try:
-        on_pci = [normalize_bus_id(b) for b in ctx.host.pci_nvidia_gpus()]
+        on_pci = [b for b in map(normalize_bus_id, ctx.host.pci_nvidia_gpus()) if b is not None]
     except OSError:
         on_pci = []
-    resettable = sorted({normalize_bus_id(f.gpu.pci_bus_id if f.gpu else f.device) for f in report.findings
-                         if f.check == "xid" and f.severity is Severity.RESET and (f.gpu or f.device)})
+    xid_buses = (normalize_bus_id(f.gpu.pci_bus_id if f.gpu else f.device) for f in report.findings
+                 if f.check == "xid" and f.severity is Severity.RESET)
+    resettable = sorted({b for b in xid_buses if b is not None})
     targets = choose(wanted, every, listed, resettable, on_pci)
     index = {bus: str(listed[bus]) if bus in listed else "-" for bus in targets}
     rows = []

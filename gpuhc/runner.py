@@ -13,12 +13,10 @@ import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from . import checks as catalogue
-from . import config as C
-from . import localstate
-from . import profiles as P
+from . import config, localstate, profiles
 from .backends.gpu import GpuError
-from .checks.base import BOOTS, Context, gpu_error_finding, state_file
 from .bounded import Overtime, call_within
+from .checks.base import BOOTS, Context, gpu_error_finding, state_file
 from .errors import ConfigError
 from .model import Finding, GpuRef, Report, Severity
 
@@ -55,10 +53,10 @@ def hang_finding(ctx: Context, name: str, timeout: float) -> Finding:
 
 
 class Runner:
-    def __init__(self, ctx: Context, detect: Callable[[Context], P.Detection]):
+    def __init__(self, ctx: Context, detect: Callable[[Context], profiles.Detection]):
         self.ctx = ctx
         self.detect = detect
-        self.detection: Optional[P.Detection] = None
+        self.detection: Optional[profiles.Detection] = None
         self.new_state: dict = {}
 
     def run_check(self, name: str, deadline: float) -> Tuple[List[Finding], Any]:
@@ -74,7 +72,7 @@ class Runner:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return [Finding(name, Severity.ERROR, "not run: the run's time budget was used up")], None
-        timeout = min(C.check_timeout(self.ctx.config, name), remaining)
+        timeout = min(config.check_timeout(self.ctx.config, name), remaining)
         try:
             data = call_within(lambda: module.gather(self.ctx), timeout, "gpuhc-check")
         except Overtime:
@@ -122,7 +120,7 @@ class Runner:
 
     def _gather_inventory(self, deadline: float) -> Tuple[List[Finding], Any]:
         module = catalogue.load("nvml")
-        timeout = min(C.check_timeout(self.ctx.config, "nvml"), max(deadline - time.monotonic(), 0))
+        timeout = min(config.check_timeout(self.ctx.config, "nvml"), max(deadline - time.monotonic(), 0))
         try:
             return [], call_within(lambda: module.gather(self.ctx), timeout, "gpuhc-check")
         except Overtime:

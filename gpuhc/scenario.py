@@ -221,11 +221,11 @@ def _expand_links(spec: Dict[str, Any], where: str) -> List[Dict[str, Any]]:
     count = spec.get("count", 0)
     down = set(spec.get("down") or [])
     errors = {int(k): v for k, v in (spec.get("errors") or {}).items()}
-    for name, links in (("down", down), ("errors", errors)):
-        beyond = sorted(n for n in links if n >= count)
+    for name, numbers in (("down", down), ("errors", errors)):
+        beyond = sorted(n for n in numbers if n >= count)
         if beyond:
             raise ScenarioError("%s.%s: link %d out of range for %d links" % (where, name, beyond[0], count))
-    links = []
+    links: List[Dict[str, Any]] = []
     for n in range(count):
         link = {"link": n, "active": spec.get("active", True) and n not in down, "remote_pci_bus_id": None}
         for counter in LINK_COUNTERS:

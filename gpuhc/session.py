@@ -6,9 +6,7 @@ import socket
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import config as C
-from . import localstate
-from . import profiles as P
+from . import config, localstate, profiles
 from .backends.deep import open_deep
 from .backends.gpu import GpuBackend
 from .backends.host import Host, LocalHost
@@ -62,7 +60,7 @@ def _cached_facts(cfg: Dict[str, Any], ctx: Context, deadline: Optional[float] =
     if detect["slurm_features"] and (os.environ.get("SLURMD_NODENAME") or os.environ.get("SLURM_JOB_ID")):
         from .backends.slurm_cli import node_features
 
-        facts["features"] = node_features(ctx.node, timeout=C.budget(cfg, "prolog") / 4, deadline=deadline)
+        facts["features"] = node_features(ctx.node, timeout=config.budget(cfg, "prolog") / 4, deadline=deadline)
     if detect["cloud_metadata"] or simulated:       # a scenario's instance type is data, not a network call
         facts["instance_type"] = ctx.host.instance_type(float(detect["cloud_timeout"]))
     if not simulated:
@@ -70,8 +68,8 @@ def _cached_facts(cfg: Dict[str, Any], ctx: Context, deadline: Optional[float] =
     return facts
 
 
-def detector(cfg: Dict[str, Any], profiles: Dict[str, P.Profile], deadline: Optional[float] = None):
-    def detect(ctx: Context) -> P.Detection:
+def detector(cfg: Dict[str, Any], known_profiles: Dict[str, profiles.Profile], deadline: Optional[float] = None):
+    def detect(ctx: Context) -> profiles.Detection:
         facts: Dict[str, Any] = {}
 
         def get(key: str):
@@ -89,7 +87,7 @@ def detector(cfg: Dict[str, Any], profiles: Dict[str, P.Profile], deadline: Opti
                 on_pci = 0
             return inv.model, max(len(inv.gpus), on_pci)
 
-        return P.detect(profiles, forced=cfg.get("profile"), features=lambda: get("features") or [],
+        return profiles.detect(known_profiles, forced=cfg.get("profile"), features=lambda: get("features") or [],
                         instance_type=lambda: get("instance_type"), gpu_model=gpu_model)
     return detect
 
@@ -107,12 +105,12 @@ def run(cfg: Dict[str, Any], context: str, suite: Optional[str] = None, checks: 
         node: Optional[str] = None, simulate: Optional[str] = None,
         job_id: Optional[str] = None, job_gpus: Optional[set] = None,
         deadline: Optional[float] = None, progress: Optional[Callable[[str], None]] = None
-        ) -> Tuple[Report, P.Detection, Context]:
+        ) -> Tuple[Report, profiles.Detection, Context]:
     """One health-check run; raises GpuhcError on bad input (config, profile, scenario). With
     ``deadline`` (time.monotonic() at which the whole context run must end), the checks get what
     is left of it less the share kept for acting on the result."""
     node = node_name(node)
-    profiles = P.load(cfg.get("profiles"))
+    known_profiles = profiles.load(cfg.get("profiles"))
     if checks:
         names: List[str] = validate_names(list(checks), "--check")
         suite = suite or "custom"
@@ -126,14 +124,16 @@ def run(cfg: Dict[str, Any], context: str, suite: Optional[str] = None, checks: 
     ctx.deep = open_deep(cfg, getattr(gpu, "scenario", None))      # torch is imported only in its child
     if progress is not None:
         ctx.progress = progress
-    limit = C.checks_budget(cfg, context)
+    limit = config.checks_budget(cfg, context)
     if deadline is not None:
-        limit = max(0.0, min(limit, C.checks_deadline(cfg, context, deadline) - time.monotonic()))
-    runner = Runner(ctx, detector(cfg, profiles, time.monotonic() + limit))
+        limit = max(0.0, min(limit, config.checks_deadline(cfg, context, deadline) - time.monotonic()))
+    runner = Runner(ctx, detector(cfg, known_profiles, time.monotonic() + limit))
     report = runner.run(names, limit, suite=suite)
     if gpu.hung is None:
         try:
             gpu.close()
         except Exception:
             pass
+    if runner.detection is None:        # Runner.run detects the profile before any check
+        raise RuntimeError("no profile detection after the run")
     return report, runner.detection, ctx

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any, Dict, Optional, Type
+from typing import Any, Dict, Literal, Optional, Type, overload
 
 from .bounded import Overtime, call_within
 from .errors import ConfigError, GpuhcError, ProfileError, ScenarioError
@@ -91,6 +91,14 @@ def size_max(error: Type[GpuhcError]) -> int:
 
 def _size(n: int) -> str:
     return "%d MiB" % (n >> 20) if n >= 1 << 20 and not n % (1 << 20) else "%d KiB" % (n >> 10)
+
+
+@overload
+def read_bytes(path: str, error: Type[GpuhcError], missing_ok: Literal[False] = False) -> bytes: ...
+
+
+@overload
+def read_bytes(path: str, error: Type[GpuhcError], missing_ok: bool) -> Optional[bytes]: ...
 
 
 def read_bytes(path: str, error: Type[GpuhcError], missing_ok: bool = False) -> Optional[bytes]:

@@ -30,9 +30,24 @@ import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from gpuhc.backends.gpu import (
-    DRIVER_NOT_LOADED, FABRIC_NOT_SUPPORTED, GPU_IS_LOST, GPU_NOT_FOUND, INSUFFICIENT_POWER,
-    INVALID_ARGUMENT, IRQ_ISSUE, LIBRARY_NOT_FOUND, MEMORY, NO_PERMISSION, NOT_FOUND,
-    NOT_SUPPORTED, RESET_REQUIRED, TIMEOUT, UNINITIALIZED, UNKNOWN, GpuBackend, GpuError,
+    DRIVER_NOT_LOADED,
+    FABRIC_NOT_SUPPORTED,
+    GPU_IS_LOST,
+    GPU_NOT_FOUND,
+    INSUFFICIENT_POWER,
+    INVALID_ARGUMENT,
+    IRQ_ISSUE,
+    LIBRARY_NOT_FOUND,
+    MEMORY,
+    NO_PERMISSION,
+    NOT_FOUND,
+    NOT_SUPPORTED,
+    RESET_REQUIRED,
+    TIMEOUT,
+    UNINITIALIZED,
+    UNKNOWN,
+    GpuBackend,
+    GpuError,
     normalize_bus_id,
 )
 
@@ -312,7 +327,7 @@ class NvmlBackend(GpuBackend):
 
     # -- the calls ---------------------------------------------------------------------------
     def _driver_version(self) -> str:
-        return _text(self._nv_call("nvmlSystemGetDriverVersion"))
+        return _text(self._nv_call("nvmlSystemGetDriverVersion")) or ""    # pynvml never answers None here
 
     def _device_count(self) -> int:
         return int(self._nv_call("nvmlDeviceGetCount"))

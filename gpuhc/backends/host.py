@@ -19,7 +19,7 @@ import subprocess
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 
 NVIDIA_VENDOR = "0x10de"
 # PCI class codes of NVIDIA GPUs: VGA (0x0300), 3D controller (0x0302).
@@ -274,28 +274,32 @@ def _collect(proc: "subprocess.Popen[bytes]", deadline: float, limit: int) -> Tu
     closed (a child that keeps them open keeps it running)."""
     import selectors
 
-    kept = {proc.stdout: bytearray(), proc.stderr: bytearray()}
+    stdout, stderr = proc.stdout, proc.stderr
+    if stdout is None or stderr is None:
+        raise ValueError("_collect needs a command started with stdout and stderr as pipes")
+    kept = {stdout: bytearray(), stderr: bytearray()}
     with selectors.DefaultSelector() as sel:
         for pipe in kept:
-            sel.register(pipe, selectors.EVENT_READ)
+            sel.register(pipe, selectors.EVENT_READ, pipe)
         while sel.get_map():
             left = deadline - time.monotonic()
             if left <= 0:
-                return bytes(kept[proc.stdout]), bytes(kept[proc.stderr]), False
+                return bytes(kept[stdout]), bytes(kept[stderr]), False
             for key, _ in sel.select(left):
                 chunk = os.read(key.fd, 1 << 16)
+                ready: IO[bytes] = key.data
                 if not chunk:
-                    sel.unregister(key.fileobj)
-                    key.fileobj.close()
+                    sel.unregister(ready)
+                    ready.close()
                     continue
-                buf = kept[key.fileobj]
+                buf = kept[ready]
                 if len(buf) <= limit:
                     buf += chunk[:limit + 1 - len(buf)]
     try:
         proc.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        return bytes(kept[proc.stdout]), bytes(kept[proc.stderr]), False
-    return bytes(kept[proc.stdout]), bytes(kept[proc.stderr]), True
+        return bytes(kept[stdout]), bytes(kept[stderr]), False
+    return bytes(kept[stdout]), bytes(kept[stderr]), True
 
 
 def _kill_group(proc: "subprocess.Popen[bytes]") -> None:

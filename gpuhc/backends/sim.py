@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..scenario import Scenario
 from .gpu import GpuBackend, GpuError
-from .host import CommandResult, Host, LogChunk, NVIDIA_VENDOR, since_line
+from .host import NVIDIA_VENDOR, CommandResult, Host, LogChunk, since_line
 
 
 class SimGpu(GpuBackend):

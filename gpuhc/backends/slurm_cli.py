@@ -15,7 +15,7 @@ import re
 import shutil
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from . import slurm_jobs as sj
+from . import slurm_jobs
 from .host import OUTPUT_MAX, run_command
 from .slurm import JobInfo, JobSpec, JobView, NodeView, ReservationView, Slurm, SlurmError, state_words
 
@@ -153,14 +153,14 @@ class SlurmCli(Slurm):
     def reboot(self, nodes: Union[str, Sequence[str]], asap: bool = True, nextstate: str = "RESUME",
                reason: str = "") -> None:
         """Reboot the nodes through slurm.conf's RebootProgram (slurm_jobs.reboot_argv)."""
-        self._run(sj.reboot_argv(nodes, asap, nextstate, reason))
+        self._run(slurm_jobs.reboot_argv(nodes, asap, nextstate, reason))
 
     # -- jobs -----------------------------------------------------------------------------------
 
     def submit(self, spec: JobSpec) -> str:
         """Submit a batch job (sbatch --parsable); its job id."""
-        argv, env = sj.sbatch_argv(spec)
-        return sj.parse_submit(self._run(argv, env=env))
+        argv, env = slurm_jobs.sbatch_argv(spec)
+        return slurm_jobs.parse_submit(self._run(argv, env=env))
 
     def jobs(self, ids: Optional[Iterable[str]] = None, name: Optional[str] = None, user: Optional[str] = None,
              states: Optional[Iterable[str]] = None) -> List[JobInfo]:
@@ -171,17 +171,17 @@ class SlurmCli(Slurm):
         ids = None if ids is None else [str(i) for i in ids]
         if ids is not None and not ids:
             return []
-        return sj.parse_jobs(self._run(["squeue", "--json"]), ids=ids, name=name, user=user, states=states)
+        return slurm_jobs.parse_jobs(self._run(["squeue", "--json"]), ids=ids, name=name, user=user, states=states)
 
     def cancel(self, job_id: str, signal: Optional[str] = None) -> None:
         """Cancel the job, or send it ``signal`` (batch script and steps). A job that has ended
         or is unknown is no error (scancel 22.05 exits 0 for it)."""
-        self._run(sj.cancel_argv(job_id, signal))
+        self._run(slurm_jobs.cancel_argv(job_id, signal))
 
     # -- reservations ---------------------------------------------------------------------------
 
     def reservation_list(self) -> List[ReservationView]:
-        return sj.parse_reservations(self._run(["scontrol", "show", "reservation", "--oneliner"]))
+        return slurm_jobs.parse_reservations(self._run(["scontrol", "show", "reservation", "--oneliner"]))
 
     def create_reservation(self, name: str, nodes: Union[str, Sequence[str]], duration: Union[int, str] = 60,
                            start: str = "now", flags: Sequence[str] = ("maint", "ignore_jobs"),
@@ -189,17 +189,17 @@ class SlurmCli(Slurm):
         """Create a reservation (``duration`` minutes or a Slurm time, ``start`` "now", a Slurm time
         or epoch seconds); the name Slurm gave it. With the default flags, a MAINT reservation
         that takes the nodes even with jobs on them: only its users' jobs start there."""
-        argv = sj.create_reservation_argv(name, nodes, duration, start, flags, users)
-        return sj.created_name(self._run(argv), name)
+        argv = slurm_jobs.create_reservation_argv(name, nodes, duration, start, flags, users)
+        return slurm_jobs.created_name(self._run(argv), name)
 
     def update_reservation(self, name: str, **fields: Any) -> None:
         """scontrol update ReservationName=NAME Key=value (Duration=, EndTime=, Nodes=, Users=...)."""
-        self._run(sj.update_reservation_argv(name, **fields))
+        self._run(slurm_jobs.update_reservation_argv(name, **fields))
 
     def delete_reservation(self, name: str, missing_ok: bool = False) -> None:
         """Delete the reservation; with ``missing_ok``, one that is already gone is no error."""
         try:
-            self._run(["scontrol", "delete", "ReservationName=" + sj.reservation_name(name)])
+            self._run(["scontrol", "delete", "ReservationName=" + slurm_jobs.reservation_name(name)])
         except SlurmError as exc:
             if not (missing_ok and "reservation is invalid" in str(exc).lower()):
                 raise

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ..backends.deep import DeepError
-from ..model import Finding, GpuRef, Severity
+from ..model import Finding, Severity
 from .base import Context, deep_error_finding, threshold
 from .meta import CheckMeta, Threshold
 

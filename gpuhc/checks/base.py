@@ -16,8 +16,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Set
 
-from ..backends import gpu as G
-from ..backends.gpu import GpuBackend, GpuError
+from ..backends.gpu import (
+    DRIVER_NOT_LOADED,
+    GPU_IS_LOST,
+    INSUFFICIENT_POWER,
+    IRQ_ISSUE,
+    LIBRARY_NOT_FOUND,
+    NOT_SUPPORTED,
+    RESET_REQUIRED,
+    TIMEOUT,
+    UNINITIALIZED,
+    GpuBackend,
+    GpuError,
+)
 from ..backends.host import Host
 from ..model import Finding, GpuRef, Severity
 from ..profiles import Profile
@@ -136,14 +147,14 @@ def per_gpu(ctx: Context, fn: Callable[[int], Any]) -> List[Entry]:
 
 
 _GPU_ERROR_SEVERITY = {
-    G.GPU_IS_LOST: (Severity.REBOOT, "GPU is lost: it fell off the bus or stopped responding",
-                    "drain and reboot the node; if it recurs, reseat or replace the GPU (see Xid 79)"),
-    G.RESET_REQUIRED: (Severity.RESET, "GPU requires a reset", "drain and reset the GPU (nvidia-smi -r) or reboot"),
-    G.TIMEOUT: (Severity.REBOOT, "NVML call timed out", "drain and reboot the node"),
-    G.IRQ_ISSUE: (Severity.REBOOT, "interrupt problem talking to the GPU", "drain and reboot the node"),
-    G.INSUFFICIENT_POWER: (Severity.ISOLATE, "GPU reports insufficient power (power cable or supply)",
-                           "check the GPU's power connectors and supply"),
-    G.NOT_SUPPORTED: (Severity.SKIP, "not supported on this GPU", ""),
+    GPU_IS_LOST: (Severity.REBOOT, "GPU is lost: it fell off the bus or stopped responding",
+                  "drain and reboot the node; if it recurs, reseat or replace the GPU (see Xid 79)"),
+    RESET_REQUIRED: (Severity.RESET, "GPU requires a reset", "drain and reset the GPU (nvidia-smi -r) or reboot"),
+    TIMEOUT: (Severity.REBOOT, "NVML call timed out", "drain and reboot the node"),
+    IRQ_ISSUE: (Severity.REBOOT, "interrupt problem talking to the GPU", "drain and reboot the node"),
+    INSUFFICIENT_POWER: (Severity.ISOLATE, "GPU reports insufficient power (power cable or supply)",
+                         "check the GPU's power connectors and supply"),
+    NOT_SUPPORTED: (Severity.SKIP, "not supported on this GPU", ""),
 }
 
 
@@ -152,12 +163,12 @@ def gpu_error_finding(check: str, err: GpuError, gpu: Optional[GpuRef] = None,
     """The one mapping from a GPU library error to a finding."""
     if err.node_wide:
         expects = profile.expects_gpus if profile is not None else None
-        what = {G.LIBRARY_NOT_FOUND: "NVIDIA driver library (libnvidia-ml) not found",
-                G.DRIVER_NOT_LOADED: "NVIDIA driver not loaded",
-                G.UNINITIALIZED: "NVML could not be initialised"}[err.code]
+        what = {LIBRARY_NOT_FOUND: "NVIDIA driver library (libnvidia-ml) not found",
+                DRIVER_NOT_LOADED: "NVIDIA driver not loaded",
+                UNINITIALIZED: "NVML could not be initialised"}[err.code]
         if expects is False:
             return Finding(check, Severity.SKIP, "%s; this profile expects no GPU" % what)
-        if expects is None:
+        if profile is None or profile.gpus is None:         # the profile does not say (expects is None)
             return Finding(check, Severity.ERROR, "%s; profile %s does not say whether GPUs are expected"
                            % (what, profile.name if profile else "?"),
                            remediation="load the NVIDIA driver, or set a profile in config.yaml")
@@ -189,6 +200,12 @@ def by_uuid(entries: List[Entry], fn: Callable[[Any], Any]) -> Dict[str, Any]:
     """{GPU UUID: fn(value)} of the entries that answered: the state a check keeps for deltas,
     keyed by UUID so a swapped board never yields a bogus delta."""
     return {e.gpu.uuid: fn(e.value) for e in entries if e.error is None and e.gpu.uuid}
+
+
+def kept_for(previous: Dict[str, Any], gpu: GpuRef) -> Any:
+    """What the previous run kept for ``gpu`` in a :func:`by_uuid` state; None for a GPU without a
+    UUID (nothing is kept for one)."""
+    return previous.get(gpu.uuid) if gpu.uuid else None
 
 
 def delta(now: Optional[float], before: Optional[float], booted: bool = False) -> Optional[float]:

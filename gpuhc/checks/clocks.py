@@ -5,8 +5,8 @@ from typing import Any, Dict, List
 
 from ..backends.gpu import clock_reason_names
 from ..model import Finding, GpuRef, Severity
-from .base import Context, by_uuid, gpu_findings, per_gpu
-from .meta import CheckMeta, LIGHTWEIGHT_SUITES
+from .base import Context, by_uuid, gpu_findings, kept_for, per_gpu
+from .meta import LIGHTWEIGHT_SUITES, CheckMeta
 
 NAME = "clocks"
 META = CheckMeta(
@@ -31,7 +31,7 @@ def _one(gpu: GpuRef, mask: int, previous: Dict[str, Any]) -> List[Finding]:
     hw = _hardware(mask)
     sw = [r for r in reasons if r in SOFTWARE_THERMAL]
     if hw:
-        persists = sorted(set(hw) & set(previous.get(gpu.uuid) or []))
+        persists = sorted(set(hw) & set(kept_for(previous, gpu) or []))
         if persists:
             return [Finding(NAME, Severity.RESET, "clocks held down by %s, as in the previous run" % ", ".join(persists),
                             gpu=gpu, metrics={"reasons_mask": int(mask)},

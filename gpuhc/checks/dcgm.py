@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .. import dcgm as D
+from .. import dcgm as dcgm_diag
 from ..model import Finding, GpuRef, Severity
 from .base import Context, per_gpu
 from .meta import CheckMeta
@@ -79,7 +79,7 @@ def gather(ctx: Context) -> Dict[str, Any]:
     return data
 
 
-def _first_line(*texts: str) -> str:
+def _first_line(*texts: Optional[str]) -> str:
     for text in texts:
         for line in (text or "").splitlines():
             if line.strip():
@@ -123,7 +123,7 @@ def _not_run(data: Dict[str, Any]) -> Optional[List[Finding]]:
     return None
 
 
-def _severity(warnings: List[D.DiagWarning], overrides: Dict[str, str]) -> Severity:
+def _severity(warnings: List[dcgm_diag.DiagWarning], overrides: Dict[str, str]) -> Severity:
     found = []
     for w in warnings:
         override = overrides.get(str(w.error_id)) if w.error_id is not None else None
@@ -134,7 +134,7 @@ def _severity(warnings: List[D.DiagWarning], overrides: Dict[str, str]) -> Sever
     return max(found, key=lambda s: s.rank) if found else DEFAULT_FAIL
 
 
-def _problem(result: D.DiagResult, overrides: Dict[str, str], level: int,
+def _problem(result: dcgm_diag.DiagResult, overrides: Dict[str, str], level: int,
              where: Dict[str, Any]) -> Optional[Finding]:
     if result.status == "FAIL":
         severity = _severity(result.warnings, overrides)
@@ -152,13 +152,14 @@ def _problem(result: D.DiagResult, overrides: Dict[str, str], level: int,
     verb = "failed" if result.status == "FAIL" else result.status.lower()
     tag = ""
     if first is not None and first.error_id is not None:
-        tag = " [DCGM error %d%s]" % (first.error_id, ", %s" % D.SEVERITY_NAMES.get(first.severity, first.severity)
-                                      if first.severity is not None else "")
+        named = (", %s" % dcgm_diag.SEVERITY_NAMES.get(first.severity, first.severity)
+                 if first.severity is not None else "")
+        tag = " [DCGM error %d%s]" % (first.error_id, named)
     return Finding(NAME, severity, "%s %s: %s%s" % (result.test, verb, detail[:300], tag), metrics=metrics,
                    remediation=REMEDIATION[severity], **where)
 
 
-def _targets(result: D.DiagResult, refs: Dict[int, GpuRef]) -> List[Dict[str, Any]]:
+def _targets(result: dcgm_diag.DiagResult, refs: Dict[int, GpuRef]) -> List[Dict[str, Any]]:
     """Where a result's findings go: each GPU it names, a non-GPU entity, or the node."""
     if result.gpus:
         return [{"gpu": refs.get(g, GpuRef(g))} for g in result.gpus]
@@ -176,8 +177,8 @@ def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
         return not_run
     level, diag_cmd = data["level"], data["diag"]
     try:
-        diag = D.parse(diag_cmd.get("stdout") or "")
-    except D.DiagParseError as exc:
+        diag = dcgm_diag.parse(diag_cmd.get("stdout") or "")
+    except dcgm_diag.DiagParseError as exc:
         return _error("dcgmi diag -r %d gave no diagnostic (rc %s, %s): %s" % (
             level, diag_cmd.get("rc"), exc, _first_line(diag_cmd.get("stdout"), diag_cmd.get("stderr")) or "no output"))
     if diag.runtime_error:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ..model import Finding, GpuRef, Severity
-from .base import Context, by_uuid, delta, gpu_findings, per_gpu, threshold
-from .meta import CheckMeta, LIGHTWEIGHT_SUITES, Threshold
+from .base import Context, by_uuid, delta, gpu_findings, kept_for, per_gpu, threshold
+from .meta import LIGHTWEIGHT_SUITES, CheckMeta, Threshold
 
 NAME = "ecc"
 META = CheckMeta(
@@ -40,7 +40,7 @@ def _one(gpu: GpuRef, ecc: Dict[str, Any], profile, config, previous: Dict[str, 
         "aggregate_corrected": agg.get("corrected"), "aggregate_uncorrected": agg.get("uncorrected"),
         "aggregate_uncorrected_sram": agg.get("uncorrected_sram"),
         "aggregate_uncorrected_dram": agg.get("uncorrected_dram")}.items() if v is not None}
-    grown = delta(_corrected(ecc), previous.get(gpu.uuid))
+    grown = delta(_corrected(ecc), kept_for(previous, gpu))
     if grown is not None:
         metrics["corrected_growth"] = grown        # the trend: corrected errors since the last run
     if ecc.get("enabled") is None:

@@ -7,7 +7,7 @@ from typing import Any, Dict, List
 from ..backends.gpu import FABRIC_COMPLETED, FABRIC_STATES
 from ..model import Finding, GpuRef, Severity
 from .base import Context, gpu_findings, per_gpu
-from .meta import CheckMeta, LIGHTWEIGHT_SUITES
+from .meta import LIGHTWEIGHT_SUITES, CheckMeta
 
 NAME = "fabric"
 META = CheckMeta(

@@ -5,7 +5,7 @@ from typing import Any, Dict, List
 
 from ..model import Finding, GpuRef, Severity
 from .base import Context, gpu_findings, per_gpu
-from .meta import CheckMeta, LIGHTWEIGHT_SUITES
+from .meta import LIGHTWEIGHT_SUITES, CheckMeta
 
 NAME = "gpu_config"
 META = CheckMeta(

@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 from ..model import Finding, Severity
 from ..profiles import model_matches
 from .base import Context
-from .meta import CheckMeta, LIGHTWEIGHT_SUITES
+from .meta import LIGHTWEIGHT_SUITES, CheckMeta
 
 NAME = "gpu_count"
 META = CheckMeta(
@@ -19,6 +19,8 @@ META = CheckMeta(
 
 def gather(ctx: Context) -> Dict[str, Any]:
     inv = ctx.inventory
+    if inv is None:
+        raise RuntimeError("no GPU inventory: the nvml check did not answer")
     boards = {ref.pci_bus_id: {"uuid": ref.uuid, "serial": inv.serials.get(ref.index), "index": ref.index}
               for ref in inv.gpus if ref.pci_bus_id and ref.uuid}
     kept = ctx.previous_state(NAME)

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..model import Finding, Severity
 from .base import Context, delta
-from .meta import CheckMeta, LIGHTWEIGHT_SUITES
+from .meta import LIGHTWEIGHT_SUITES, CheckMeta
 
 NAME = "network"
 META = CheckMeta(
@@ -128,7 +128,7 @@ def _ports(devices: Dict[str, Any]) -> Tuple[Dict[str, bool], List[Dict[str, Any
 def _efa_findings(efa: Dict[str, bool], expected: Optional[int], profile) -> List[Finding]:
     working = sorted(d for d, ok in efa.items() if ok)
     broken = sorted(d for d, ok in efa.items() if not ok)
-    metrics = {"efa_devices": len(working)}
+    metrics: Dict[str, float] = {"efa_devices": len(working)}
     if expected and len(working) < expected:
         detail = " (not active: %s)" % ", ".join(broken) if broken else ""
         return [Finding(NAME, Severity.REBOOT, "%d of %d EFA devices%s, profile %s" % (len(working), expected, detail, profile.name),
@@ -151,7 +151,7 @@ def _ib_findings(ports: List[Dict[str, Any]], expected: Optional[int], rate: Opt
     where the down ones do not explain the shortfall."""
     active = [p for p in ports if p["active"]]
     down = [p for p in ports if not p["active"]]
-    out = []
+    out: List[Finding] = []
     if not expected:
         severity = Severity.MONITOR if active else None
         count = " (%d of %d ports active, no expectation in the profile)" % (len(active), len(ports))
@@ -169,7 +169,7 @@ def _ib_findings(ports: List[Dict[str, Any]], expected: Optional[int], rate: Opt
     at = " at %g Gb/s" % rate if rate else ""
     count = " (%d of %d expected ports active%s)" % (len(fast), expected, at)
     out.extend(_port_down(p, Severity.RESET if short > 0 else Severity.MONITOR, count) for p in down)
-    if short > len(down):
+    if short > len(down) and rate:          # (without a rate no port is slow)
         out.extend(_slow(p, Severity.RESET, "profile expects %d ports at %g, %d are" % (expected, rate, len(fast)))
                    for p in slow)
     if not rate:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ..model import Finding, GpuRef, Severity
-from .base import Context, by_uuid, delta, gpu_findings, per_gpu, threshold
-from .meta import CheckMeta, LIGHTWEIGHT_SUITES, Threshold
+from .base import Context, by_uuid, delta, gpu_findings, kept_for, per_gpu, threshold
+from .meta import LIGHTWEIGHT_SUITES, CheckMeta, Threshold
 
 NAME = "nvlink"
 META = CheckMeta(
@@ -42,7 +42,7 @@ def gather(ctx: Context) -> Dict[str, Any]:
 
 
 def _growth(gpu: GpuRef, links: List[Dict[str, Any]], previous: Dict[str, Any], config, booted: bool) -> List[Finding]:
-    before = previous.get(gpu.uuid) or {}
+    before = kept_for(previous, gpu) or {}
     out = []
     for link in links:
         old = before.get(str(link["link"])) or {}
@@ -76,7 +76,7 @@ def _state_of_links(gpu: GpuRef, links: List[Dict[str, Any]], profile, peers: in
     inactive = [l["link"] for l in links if not l.get("active")]
     metrics: Dict[str, float] = {"active_links": len(active)}
     for name in COUNTERS:
-        values = [l.get(name) for l in links if l.get(name) is not None]
+        values = [v for v in (link.get(name) for link in links) if v is not None]
         if values:
             metrics[name + "_errors"] = sum(values)
     if expected == 0:

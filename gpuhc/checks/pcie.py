@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ..model import Finding, GpuRef, Severity
-from .base import Context, by_uuid, delta, gpu_findings, per_gpu, threshold
-from .meta import CheckMeta, LIGHTWEIGHT_SUITES, Threshold
+from .base import Context, by_uuid, delta, gpu_findings, kept_for, per_gpu, threshold
+from .meta import LIGHTWEIGHT_SUITES, CheckMeta, Threshold
 
 NAME = "pcie"
 META = CheckMeta(
@@ -45,7 +45,7 @@ def _one(gpu: GpuRef, link: Dict[str, Any], profile, config, previous: Dict[str,
         out.append(Finding(NAME, Severity.MONITOR, "PCIe link can reach only gen%d, profile expects gen%d"
                            % (gen_max, profile.pcie_gen), gpu=gpu, metrics=metrics,
                            remediation="check the BIOS PCIe speed setting and the riser"))
-    grown = delta(link.get("replay_counter"), previous.get(gpu.uuid), booted)
+    grown = delta(link.get("replay_counter"), kept_for(previous, gpu), booted)
     if grown is not None:
         metrics["replay_delta"] = grown
         if grown >= threshold(config, "pcie_replay_growth"):

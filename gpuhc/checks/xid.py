@@ -17,11 +17,11 @@ import time
 from typing import Any, Dict, List, Optional
 
 from .. import localstate
-from .. import xid as X
+from .. import xid as kernel_xid
 from ..backends.gpu import GpuError, normalize_bus_id
 from ..model import Finding, Severity
 from .base import Context, state_file
-from .meta import CheckMeta, LIGHTWEIGHT_SUITES
+from .meta import LIGHTWEIGHT_SUITES, CheckMeta
 
 NAME = "xid"
 META = CheckMeta(
@@ -33,14 +33,14 @@ META = CheckMeta(
 
 def acknowledge(state_dir: str, node: str, xid: Optional[int] = None, pci_bus_id: Optional[str] = None) -> int:
     """An operator's acknowledgement: matching active events stop producing findings until they recur."""
-    return _change_events(state_dir, node, lambda events: X.acknowledge(
+    return _change_events(state_dir, node, lambda events: kernel_xid.acknowledge(
         events, xid, normalize_bus_id(pci_bus_id) if pci_bus_id else None))
 
 
 def mark_reset(state_dir: str, node: str, pci_bus_id: str, when: float) -> int:
     """A successful reset of one GPU (`gpuhc reset`): its events seen before ``when`` are marked
     reset (xid.mark_reset). Returns how many; OSError when the state cannot be written."""
-    return _change_events(state_dir, node, lambda events: X.mark_reset(
+    return _change_events(state_dir, node, lambda events: kernel_xid.mark_reset(
         events, normalize_bus_id(pci_bus_id) or pci_bus_id, when))
 
 
@@ -85,11 +85,11 @@ def gather(ctx: Context) -> Dict[str, Any]:
     before = (state.get("cursor") or {}).get("source") or ""
     if before.startswith("sim:") and chunk.cursor.get("source") != before:
         state["events"] = []            # another scenario on this node name: another node's log
-    new = X.scan(chunk.text, chunk.first_line)
+    new = kernel_xid.scan(chunk.text, chunk.first_line)
     if new_boot and chunk.cursor.get("source") == "file":
         new = _this_boot(ctx, new)
     now = time.time()
-    state["events"] = X.merge(state.get("events", []), new, now)
+    state["events"] = kernel_xid.merge(state.get("events", []), new, now)
     # where each job's prolog left the log: an epilog tells what happened during its job from
     # what was there before (an event not seen again since is not the job's doing)
     jobs = dict(state.get("jobs") or {})
@@ -97,23 +97,23 @@ def gather(ctx: Context) -> Dict[str, Any]:
         jobs[str(ctx.job_id)] = now
     job_since = jobs.get(str(ctx.job_id)) if ctx.job_id and ctx.context == "epilog" else None
     state["jobs"] = _newest_jobs(jobs)
-    if any(X.active(e) for e in state["events"]):
+    if any(kernel_xid.active(e) for e in state["events"]):
         acked = ctx.ack_time()            # an operator's `gpuhc resume --force`, from the store
         if acked is not None:
-            X.acknowledge(state["events"], before=acked)
+            kernel_xid.acknowledge(state["events"], before=acked)
     state["cursor"] = chunk.cursor
     state["lost"] = state.get("lost", 0) + chunk.lost
     inv = ctx.inventory
     xcfg = ctx.config.get("xid") or {}
-    events = [e for e in state["events"] if X.active(e)]
-    gpus = {ref.pci_bus_id: ref for ref in (inv.gpus if inv else [])}
+    events = [e for e in state["events"] if kernel_xid.active(e)]
+    gpus = {ref.pci_bus_id: ref for ref in (inv.gpus if inv else []) if ref.pci_bus_id is not None}
     return {
         "_state": state,
         "events": events,
         "job": (str(ctx.job_id), job_since) if job_since is not None else None,
         "lost": state["lost"],
         "gpus": gpus,
-        "conditions": X.Conditions.from_config(
+        "conditions": kernel_xid.Conditions.from_config(
             xcfg, gpu_name=(inv.model or "") if inv else "", mig_by_bus=_mig_modes(ctx, events, gpus),
             uvm_in_use=_uvm_in_use(ctx) if any(e["xid"] == 159 for e in events) else None),
     }
@@ -131,13 +131,13 @@ def _file_cursor(cursor: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     return cursor if cursor and cursor.get("source") == "file" else None
 
 
-def _this_boot(ctx: Context, events: List[X.XidEvent]) -> List[X.XidEvent]:
+def _this_boot(ctx: Context, events: List[kernel_xid.XidEvent]) -> List[kernel_xid.XidEvent]:
     """Events of a log file without those its timestamps place before this boot."""
     booted = ctx.host.boot_time()
     if booted is None:
         return events
     now = time.time()
-    return [ev for ev in events if not X.logged_before(ev, booted, now)]
+    return [ev for ev in events if not kernel_xid.logged_before(ev, booted, now)]
 
 
 def _mig_modes(ctx: Context, events: List[dict], gpus: Dict[str, Any]) -> Dict[str, bool]:
@@ -168,7 +168,7 @@ def _uvm_in_use(ctx: Context) -> Optional[bool]:
     return False
 
 
-def _nvswitch_cause(events: List[X.XidEvent]) -> str:
+def _nvswitch_cause(events: List[kernel_xid.XidEvent]) -> str:
     """An SXid beside an Xid 74 points at the NVSwitch rather than the GPU."""
     sxids = ["SXid %d on NVSwitch %s" % (e.xid, e.pci_bus_id) for e in events if e.kind == "sxid"]
     return "; %s at the same time points at the NVSwitch" % ", ".join(sorted(set(sxids))[:3]) if sxids else ""
@@ -189,14 +189,14 @@ def remediation(severity: str, resolution: str, desc: str = "", message: str = "
 
 def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
     out: List[Finding] = []
-    events = [X.event_from_record(rec) for rec in data["events"]]
+    events = [kernel_xid.event_from_record(rec) for rec in data["events"]]
     switch_cause = _nvswitch_cause(events)
-    job = data.get("job")         # epilog: (job id, when its prolog read the log)
+    job_id, job_since = data.get("job") or (None, None)     # epilog: (job id, when its prolog read the log)
     for rec, ev in zip(data["events"], events):
-        severity, resolution, desc = X.classify(ev, data["conditions"])
+        severity, resolution, desc = kernel_xid.classify(ev, data["conditions"])
         if rec.get("reset") and Severity.parse(severity).rank <= Severity.RESET.rank:
             continue            # `gpuhc reset` of this GPU after the event resolved it
-        before_job = job is not None and rec.get("seen", 0.0) <= job[1]
+        before_job = job_since is not None and rec.get("seen", 0.0) <= job_since
         if before_job and Severity.parse(severity).rank <= Severity.MONITOR.rank:
             continue            # an earlier job's fault, reported then: not this job's
         ref = data["gpus"].get(ev.pci_bus_id)
@@ -210,9 +210,9 @@ def evaluate(data: Dict[str, Any], profile, config) -> List[Finding]:
         if ev.kind == "xid" and ev.xid == 74 and switch_cause:
             text += switch_cause
             resolution += ", check the NVSwitch and fabric manager first"
-        metrics = {"xid": ev.xid, "count": ev.count}
+        metrics: Dict[str, float] = {"xid": ev.xid, "count": ev.count}
         if before_job:
-            text += " (logged before job %s began)" % job[0]
+            text += " (logged before job %s began)" % job_id
             metrics["before_job"] = 1
         out.append(Finding(NAME, Severity.parse(severity), text, gpu=ref,
                            device=None if ref is not None else ev.pci_bus_id,

@@ -3,11 +3,12 @@ processes), attributed to the job; a failed job gets the deeper failure suite. O
 the compute processes the job left on its GPUs."""
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from .. import config as C
+from .. import config
 from ..acting import log
 from ..backends.slurm import JobView, Slurm, SlurmError
 from ..bounded import Overtime, call_within
@@ -86,14 +87,14 @@ def kill_leftovers(ctx: Any, job_uid: Optional[int] = None, deadline: Optional[f
     for ref in ctx.healthy_gpus():
         if not ctx.job_owns(ref.index):       # another job's GPU on a shared node
             continue
-        wait = C.check_timeout(ctx.config, "processes")
+        wait = config.check_timeout(ctx.config, "processes")
         if deadline is not None:
             wait = min(wait, deadline - time.monotonic())
             if wait <= 0:
                 log("warning: leftover processes not looked for: the epilog's time for checks is used up")
                 break
         try:
-            procs = call_within(lambda index=ref.index: ctx.gpu.processes(index), wait, "gpuhc-check")
+            procs = call_within(functools.partial(ctx.gpu.processes, ref.index), wait, "gpuhc-check")
         except Overtime:
             out.append(hang_finding(ctx, "processes", wait))
             break

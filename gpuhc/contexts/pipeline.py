@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
-from .. import config as C
-from .. import policy, session, syslogging
+from .. import config, policy, session, syslogging
 from ..acting import decide_and_act, log, slurm_backend, time_left
 from ..backends.slurm import Slurm
 from ..model import Finding, Report, Severity
@@ -86,7 +85,7 @@ def run(cfg: Dict[str, Any], context: NodeContext, node: Optional[str] = None, s
                   checks=list(checks), record=record)
     # checks, Slurm and the store together, counted from the process's exec (interpreter start,
     # imports and config load are inside the budget, as slurmd counts them)
-    deadline = process_started() + C.budget(cfg, context.name) - EXIT_MARGIN
+    deadline = process_started() + config.budget(cfg, context.name) - EXIT_MARGIN
     if context.to_syslog:
         syslogging.until(deadline)
     # Slurm's calls end in time for the store write: the act share is theirs and the store's
@@ -95,7 +94,7 @@ def run(cfg: Dict[str, Any], context: NodeContext, node: Optional[str] = None, s
     report, detection, run_ctx = session.run(
         cfg, context.name, suite=chosen, checks=req.checks, node=req.node, simulate=req.simulate,
         job_id=req.env.get("SLURM_JOB_ID"), job_gpus=job_gpus(req.env), deadline=deadline, progress=progress)
-    report.findings.extend(context.after_checks(cfg, req, run_ctx, C.checks_deadline(cfg, context.name, deadline)))
+    report.findings.extend(context.after_checks(cfg, req, run_ctx, config.checks_deadline(cfg, context.name, deadline)))
     action = context.decide(cfg, report, slurm, deadline, context.owns(run_ctx))
     if action.kind != policy.NONE:
         report.action = action.kind
@@ -114,7 +113,7 @@ EXIT_MARGIN = 0.2      # seconds of the budget kept for printing the result and 
 def store_share(cfg: Dict[str, Any]) -> float:
     """Of the act share (timeouts.act), what is kept for the store write after Slurm's calls:
     timeouts.store, at most half of it."""
-    act = C.budget(cfg, "prolog") - C.checks_budget(cfg, "prolog")
+    act = config.budget(cfg, "prolog") - config.checks_budget(cfg, "prolog")
     return min(float(cfg["timeouts"]["store"]), act / 2.0)
 
 
@@ -140,7 +139,7 @@ def job_gpus(env: Dict[str, str]) -> Optional[set]:
     raw = (env.get("SLURM_JOB_GPUS") or "").strip()
     if not raw:
         return None
-    out = set()
+    out: Set[int] = set()
     try:
         for part in raw.split(","):
             low, _, high = part.strip().partition("-")

@@ -120,7 +120,7 @@ class Quarantine(NodeContext):
         """Reset the GPUs of the RESET findings (every GPU for a node-wide one), run the failing
         checks once more: RETURN_TO_SERVICE when they pass, else REBOOT. The evidence is added to
         the report's findings."""
-        from .. import reset as R
+        from .. import reset as gpu_reset
         from .. import session
         from ..model import Finding
 
@@ -128,7 +128,7 @@ class Quarantine(NodeContext):
         gpus = sorted({str(f.gpu.index) for f in failing if f.gpu is not None})
         every = any(f.gpu is None for f in failing)
         try:
-            rows = R.reset(cfg, node=report.node, wanted=[] if every else gpus, every=every, force=True)
+            rows = gpu_reset.reset(cfg, node=report.node, wanted=[] if every else gpus, every=every, force=True)
         except Exception as exc:        # a reset that cannot run is no pass
             report.findings.append(Finding("quarantine", Severity.REBOOT, "GPU reset failed: %s" % exc))
             return "REBOOT"

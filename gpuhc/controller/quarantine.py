@@ -80,10 +80,11 @@ def plan(nodes: Sequence[str], views: Dict[str, NodeView], reservations: Sequenc
     drain (unless ``force``: then taken over, the operator's reason kept), a node already in a
     reservation, and nodes past the caps (quarantine.max_concurrent in total, max_per_partition)."""
     conf = cfg["quarantine"]
-    held = {node_of(r.name) for r in reservations if node_of(r.name)}
+    held = {node for node in (node_of(r.name) for r in reservations) if node}
     by_partition: Dict[str, int] = {}
     for node in held:
-        for part in (views.get(node).partitions if views.get(node) else []):
+        holder = views.get(node)
+        for part in (holder.partitions if holder else []):
             by_partition[part] = by_partition.get(part, 0) + 1
     total = len(held)
     busy = {n for r in reservations if r.active for n in r.nodes}
@@ -155,8 +156,8 @@ def _spec(cfg: Dict[str, Any], step: Step) -> JobSpec:
         env["GPUHC_CONFIG"] = cfg["_path"]
     return JobSpec(script=script, name=reservation_name(step.node), nodelist=[step.node], exclusive=True,
                    reservation=reservation_name(step.node), time_limit=max(1, int(conf["time_limit"] // 60)),
-                   deadline=time.time() + float(conf["deadline"]), partition=step.partition or None,
-                   qos=conf["qos"] or None, comment="gpuhc quarantine of %s" % step.node,
+                   deadline=time.time() + float(conf["deadline"]), partition=step.partition,
+                   qos=conf["qos"] or "", comment="gpuhc quarantine of %s" % step.node,
                    output=conf["output"], env=env)
 
 

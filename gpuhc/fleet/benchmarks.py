@@ -101,7 +101,7 @@ def drift(history: Sequence[Dict[str, float]], metrics: Iterable[str], ratio: fl
     """(metric, newest, own best) where a node's newest figure is below ``ratio`` of its own best
     earlier figure: a slow decline the whole fleet shares hides from the peer comparison. History
     newest first."""
-    out = []
+    out: List[Tuple[str, float, float]] = []
     if len(history) < 2:
         return out
     newest = history[0]
@@ -175,8 +175,8 @@ def stragglers(store: Any, nodes: Sequence[str], metric: Optional[str] = None,
             drifting.append({"node": node, "metric": m, "value": round(newest, 3), "best": round(best, 3),
                              "ratio": round(newest / best, 4)})
     found: List[Straggler] = []
-    for profile, figures in sorted(by_profile.items()):
-        found.extend(compare(figures, profile, metrics))
+    for profile, node_figs in sorted(by_profile.items()):
+        found.extend(compare(node_figs, profile, metrics))
     return {"stragglers": [s.to_dict() for s in found], "drift": drifting,
             "groups": {p: len(f) for p, f in sorted(by_profile.items())}, "metrics": metrics}
 

@@ -49,7 +49,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Union
 
-from . import _common as C
+from . import _common as common
 
 WATCHDOG_EXIT = 124          # exit status of a rank ended by its watchdog (as timeout(1))
 DTYPE_BYTES = 4              # float32
@@ -61,7 +61,7 @@ DEFAULT_SIZES = {
 
 
 @dataclasses.dataclass
-class SizeResult(C.Result):
+class SizeResult(common.Result):
     size_bytes: int
     count: int
     dtype: str
@@ -77,7 +77,7 @@ class SizeResult(C.Result):
 
 
 @dataclasses.dataclass
-class AllReduceRun(C.Result):
+class AllReduceRun(common.Result):
     rank: int
     world: int
     backend: str
@@ -148,7 +148,7 @@ def _nccl_env():
 def _default_device(backend, rank):
     if backend != "nccl":
         return "cpu"
-    t = C.torch()
+    t = common.torch()
     local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", rank)))
     return "cuda:%d" % (local % max(1, t.cuda.device_count()))
 
@@ -160,7 +160,7 @@ def run(rank: int, world: int, backend: str = "nccl", sizes: Optional[List[int]]
         watchdog: bool = True, watchdog_grace_s: Optional[float] = None) -> AllReduceRun:
     """One rank of the all-reduce sweep. Returns this rank's AllReduceRun (group figures per size,
     the same on every rank); never raises for a failure of the group (ok=False, error says it)."""
-    t = C.torch()
+    t = common.torch()
     import torch.distributed as dist
     t_start = time.perf_counter()
     sizes = list(sizes or DEFAULT_SIZES.get(backend, DEFAULT_SIZES["gloo"]))
@@ -193,7 +193,7 @@ def run(rank: int, world: int, backend: str = "nccl", sizes: Optional[List[int]]
     initialized = False
     try:
         arm("init")
-        dev = C.to_device(device)
+        dev = common.to_device(device)
         kwargs: Dict[str, Any] = dict(backend=backend, init_method=init_method, rank=rank, world_size=world,
                                       timeout=datetime.timedelta(seconds=timeout_s))
         if dev.type == "cuda":
@@ -204,13 +204,13 @@ def run(rank: int, world: int, backend: str = "nccl", sizes: Optional[List[int]]
         initialized = True
         barrier_kw: Dict[str, Any] = {"device_ids": [dev.index]} if backend == "nccl" else {}
         hung = False
-        with C.on_device(dev):
+        with common.on_device(dev):
             for size in sizes:
                 count = max(1, int(size) // DTYPE_BYTES)
                 nbytes = count * DTYPE_BYTES
                 buf = t.empty(count, dtype=t.float32, device=dev)
                 expected = world * (world + 1) / 2.0
-                timer = C.Timer(dev)
+                timer = common.Timer(dev)
                 times = []
                 for i in range(warmup + iters):
                     buf.fill_(rank + 1)
@@ -243,9 +243,9 @@ def run(rank: int, world: int, backend: str = "nccl", sizes: Optional[List[int]]
                                 rank_time_us_max=max(times) * 1e6, iters=len(times))
                 res.sizes.append(sr)
                 if rank == 0:
-                    C.say(progress, "allreduce: %d ranks %12d B  %10.1f us  algbw %8.3f  busbw %8.3f GB/s%s"
-                          % (world, nbytes, sr.time_us, sr.algbw_gbps, sr.busbw_gbps,
-                             "  %d WRONG" % sr.wrong if sr.wrong else ""))
+                    common.say(progress, "allreduce: %d ranks %12d B  %10.1f us  algbw %8.3f  busbw %8.3f GB/s%s"
+                               % (world, nbytes, sr.time_us, sr.algbw_gbps, sr.busbw_gbps,
+                                  "  %d WRONG" % sr.wrong if sr.wrong else ""))
                 del buf
         bad = [s for s in res.sizes if s.wrong]
         res.ok = not bad
@@ -267,7 +267,7 @@ def run(rank: int, world: int, backend: str = "nccl", sizes: Optional[List[int]]
             wd.stop()
     res.elapsed_s = time.perf_counter() - t_start
     if rank == 0 and not res.ok:
-        C.say(progress, "allreduce: FAILED at %s: %s" % (res.failed_step, res.error))
+        common.say(progress, "allreduce: FAILED at %s: %s" % (res.failed_step, res.error))
     return res
 
 
@@ -293,7 +293,7 @@ def format_table(results) -> str:
 # ---- local launcher ---------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class LocalRun(C.Result):
+class LocalRun(common.Result):
     ok: bool
     world: int
     backend: str
@@ -441,7 +441,7 @@ def main(argv=None):
     if a.launch_local:
         lr = launch_local(a.launch_local, backend=a.backend, sizes=sizes,
                           warmup=2 if a.warmup is None else a.warmup, iters=a.iters or 5, timeout_s=a.timeout,
-                          watchdog_grace_s=a.grace, progress=C.stderr_progress)
+                          watchdog_grace_s=a.grace, progress=common.stderr_progress)
         if a.json:
             print(json.dumps(lr.as_dict()))
         else:
@@ -451,7 +451,7 @@ def main(argv=None):
         return 0 if lr.ok else 1
     res = run(a.rank, a.world, backend=a.backend, sizes=sizes, warmup=5 if a.warmup is None else a.warmup,
               iters=a.iters or 20, timeout_s=a.timeout, init_method=a.init_method, delay_hook=a.delay or None,
-              hang=a.hang, device=a.device, progress=C.stderr_progress, watchdog_grace_s=a.grace)
+              hang=a.hang, device=a.device, progress=common.stderr_progress, watchdog_grace_s=a.grace)
     if a.json:
         print(json.dumps(res.as_dict()), flush=True)
     elif a.rank == 0:

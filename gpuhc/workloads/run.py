@@ -7,72 +7,78 @@ KIND: stress ({devices, duration_s, dtype}), bench ({devices, gpus, tests, dtype
 import json
 import sys
 import warnings
+from typing import Any, Dict, List
 
-from . import _common as C
+from . import _common as common
 
 NEIGHBOURS_ABOVE = 8      # more GPUs than this: P2P from each GPU to its next neighbour only
 
 
 def stress(args):
-    from . import stress as S
+    from . import stress as stress_workload
 
-    return S.run(devices=args["devices"], duration_s=float(args["duration_s"]), dtype=args.get("dtype") or "bf16",
-                 progress=C.stderr_progress).as_dict()
+    return stress_workload.run(devices=args["devices"], duration_s=float(args["duration_s"]),
+                               dtype=args.get("dtype") or "bf16", progress=common.stderr_progress).as_dict()
 
 
 def bench(args):
-    from . import bench as B
+    from . import bench as bench_workload
 
     labels, gpus = args["devices"], args["gpus"]
     tests, dtypes = set(args.get("tests") or ()), args.get("dtypes") or ["bf16"]
-    on_cpu = not any(C.is_cuda(x) for x in labels)
-    out = {"gpus": {}, "p2p": [], "skipped": {}}
+    on_cpu = not any(common.is_cuda(x) for x in labels)
+    per_gpu: Dict[Any, Dict[str, Any]] = {}
+    p2p: List[Dict[str, Any]] = []
+    skipped: Dict[str, str] = {}
     for label, gpu in zip(labels, gpus):
-        row = out["gpus"].setdefault(gpu, {})
+        row = per_gpu.setdefault(gpu, {})
         if "matmul" in tests:
             row["matmul_tflops"] = {}
             for dtype in dtypes:
-                res = B.matmul(label, dtype=("fp32" if on_cpu and dtype in ("bf16", "fp16", "tf32") else dtype),
-                               progress=C.stderr_progress)
-                if res.skipped:
-                    out["skipped"]["matmul"] = res.skipped
+                matmul = bench_workload.matmul(
+                    label, dtype=("fp32" if on_cpu and dtype in ("bf16", "fp16", "tf32") else dtype),
+                    progress=common.stderr_progress)
+                if matmul.skipped:
+                    skipped["matmul"] = matmul.skipped
                 else:
-                    row["matmul_tflops"][dtype] = res.tflops
+                    row["matmul_tflops"][dtype] = matmul.tflops
         if "hbm" in tests:
-            res = B.hbm(label, progress=C.stderr_progress)
-            row["hbm_gbps"] = None if res.skipped else res.gbps
+            hbm = bench_workload.hbm(label, progress=common.stderr_progress)
+            row["hbm_gbps"] = None if hbm.skipped else hbm.gbps
         if "pcie" in tests:
-            res = B.pcie(label, progress=C.stderr_progress)
-            if res.skipped:
-                out["skipped"]["pcie"] = res.skipped
+            pcie = bench_workload.pcie(label, progress=common.stderr_progress)
+            if pcie.skipped:
+                skipped["pcie"] = pcie.skipped
             else:
-                row["h2d_gbps"], row["d2h_gbps"] = res.h2d_gbps, res.d2h_gbps
+                row["h2d_gbps"], row["d2h_gbps"] = pcie.h2d_gbps, pcie.d2h_gbps
     if "p2p" in tests:
         if on_cpu or len(labels) < 2:
-            out["skipped"]["p2p"] = "no GPU-to-GPU copy on %s" % ("the CPU" if on_cpu else "a single GPU")
+            skipped["p2p"] = "no GPU-to-GPU copy on %s" % ("the CPU" if on_cpu else "a single GPU")
         else:
             index = dict(zip(labels, gpus))
             pairs = [(a, b) for a in labels for b in labels if a != b]
             if len(labels) > NEIGHBOURS_ABOVE:
                 pairs = [(labels[i], labels[(i + 1) % len(labels)]) for i in range(len(labels))]
             for src, dst in pairs:
-                res = B.p2p(src, dst, progress=C.stderr_progress)
-                if res.skipped:
-                    out["skipped"]["p2p"] = res.skipped
+                copy = bench_workload.p2p(src, dst, progress=common.stderr_progress)
+                if copy.skipped:
+                    skipped["p2p"] = copy.skipped
                     break
-                out["p2p"].append({"src": index[src], "dst": index[dst], "gbps": res.gbps,
-                                   "peer_access": res.peer_access})
-    return out
+                p2p.append({"src": index[src], "dst": index[dst], "gbps": copy.gbps, "peer_access": copy.peer_access})
+    return {"gpus": per_gpu, "p2p": p2p, "skipped": skipped}
 
 
 def allreduce(args):
-    from . import allreduce as A
+    from . import allreduce as allreduce_workload
 
     backend = args.get("backend") or "nccl"
     limit = int(args.get("max_bytes") or 0)
-    sizes = [s for s in A.DEFAULT_SIZES[backend] if not limit or s <= limit] or A.DEFAULT_SIZES[backend][:1]
-    run = A.launch_local(int(args["world"]), backend=backend, sizes=sizes, timeout_s=float(args["timeout_s"]),
-                         devices=args.get("devices") if backend == "nccl" else None, progress=C.stderr_progress)
+    default_sizes = allreduce_workload.DEFAULT_SIZES[backend]
+    sizes = [s for s in default_sizes if not limit or s <= limit] or default_sizes[:1]
+    run = allreduce_workload.launch_local(int(args["world"]), backend=backend, sizes=sizes,
+                                          timeout_s=float(args["timeout_s"]),
+                                          devices=args.get("devices") if backend == "nccl" else None,
+                                          progress=common.stderr_progress)
     first = next((r for r in run.ranks if r is not None), None)
     return {"ok": run.ok, "world": run.world, "backend": run.backend, "error": "; ".join(run.errors) or None,
             "sizes": [s.as_dict() for s in run.sizes], "elapsed_s": run.elapsed_s,

@@ -59,7 +59,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from . import _common as C
+from . import _common as common
 
 U_ACC = 2.0 ** -24
 U_IN = {"tf32": 2.0 ** -10}
@@ -68,7 +68,7 @@ RESERVE = 1 << 30
 
 
 @dataclasses.dataclass
-class DeviceStress(C.Result):
+class DeviceStress(common.Result):
     device: str             # the label given (cuda:0, cpu:1, ...)
     name: str               # GPU model, or "cpu"
     iterations: int         # products completed during the run (setup excluded)
@@ -90,7 +90,7 @@ class DeviceStress(C.Result):
 
 
 @dataclasses.dataclass
-class StressResult(C.Result):
+class StressResult(common.Result):
     ok: bool
     faulty: List[str]       # labels of the faulty devices, in order
     dtype: str
@@ -105,7 +105,7 @@ class StressResult(C.Result):
 
 
 def _labels(devices):
-    t = C.torch()
+    t = common.torch()
     if isinstance(devices, str):
         if devices == "cuda":
             if not t.cuda.is_available():
@@ -125,8 +125,8 @@ def _labels(devices):
 
 
 def tolerance(dtype, n):
-    dtype = C.dtype_name(dtype)
-    return 2 * n * U_ACC + 2 * U_IN.get(dtype, 0.0) + 2 * C.DTYPES[dtype][1]
+    dtype = common.dtype_name(dtype)
+    return 2 * n * U_ACC + 2 * U_IN.get(dtype, 0.0) + 2 * common.DTYPES[dtype][1]
 
 
 def _int_view(t, x):
@@ -144,14 +144,14 @@ def _diff_positions(t, x, y, limit):
 
 class _Dev:
     def __init__(self, index, label, n, dtype_name):
-        t = C.torch()
+        t = common.torch()
         self.index = index
         self.label = label
-        self.dev = C.to_device(label)
+        self.dev = common.to_device(label)
         self.cuda = self.dev.type == "cuda"
-        self.name = C.device_name(self.dev)
+        self.name = common.device_name(self.dev)
         self.sms = t.cuda.get_device_properties(self.dev).multi_processor_count if self.cuda else 0
-        self.dtype = C.torch_dtype(dtype_name)
+        self.dtype = common.torch_dtype(dtype_name)
         self.n = n
         self.slot_bytes = n * n * t.empty(0, dtype=self.dtype).element_size()
         self.iterations = 0
@@ -193,7 +193,7 @@ class _Dev:
         workspace and the temporaries of the mismatch path (RESERVE)."""
         if not self.cuda:
             return cpu_slots
-        t = C.torch()
+        t = common.torch()
         free, _total = t.cuda.mem_get_info(self.dev)
         free += t.cuda.memory_reserved(self.dev) - t.cuda.memory_allocated(self.dev)   # torch's cache
         budget = free * mem_fraction - RESERVE - self.n * self.n
@@ -220,11 +220,11 @@ def run(devices="cuda", duration_s=60.0, dtype="bf16", n=None, mem_fraction=0.9,
     run's end is named hung and the run returns without it. A hang during the setup (before the
     run) is not bounded here: the caller runs stress in a process with a time limit.
     """
-    t = C.torch()
-    dtype = C.dtype_name(dtype)
+    t = common.torch()
+    dtype = common.dtype_name(dtype)
     labels = _labels(devices)
-    cuda_any = any(C.is_cuda(x) for x in labels)
-    if cuda_any and not all(C.is_cuda(x) for x in labels):
+    cuda_any = any(common.is_cuda(x) for x in labels)
+    if cuda_any and not all(common.is_cuda(x) for x in labels):
         raise ValueError("stress: mix of CUDA and CPU devices: %s" % ", ".join(labels))
     n = int(n or (16384 if cuda_any else 256))
     tol = tolerance(dtype, n)
@@ -241,13 +241,13 @@ def run(devices="cuda", duration_s=60.0, dtype="bf16", n=None, mem_fraction=0.9,
     g = t.Generator().manual_seed(seed)
     a_host = (t.rand(n, n, generator=g) * 2 - 1).to(devs[0].dtype)
     b_host = (t.rand(n, n, generator=g) * 2 - 1).to(devs[0].dtype)
-    C.say(progress, "stress: %d device(s), %s, n=%d, %.0f s" % (len(devs), dtype, n, duration_s))
+    common.say(progress, "stress: %d device(s), %s, n=%d, %.0f s" % (len(devs), dtype, n, duration_s))
 
-    with C.matmul_precision(dtype, devs[0].dev, reduced_precision_reduction=False):
+    with common.matmul_precision(dtype, devs[0].dev, reduced_precision_reduction=False):
         # setup: inputs, one product each
         c0 = []
         for d in devs:
-            with C.on_device(d.dev):
+            with common.on_device(d.dev):
                 d.a = a_host.to(d.dev, copy=True)
                 d.b = b_host.to(d.dev, copy=True)
                 c = t.mm(d.a, d.b)
@@ -255,18 +255,18 @@ def run(devices="cuda", duration_s=60.0, dtype="bf16", n=None, mem_fraction=0.9,
                     fault(d.index, 0, c)
                 c0.append(c)
         for d in devs:
-            C.sync(d.dev)
+            common.sync(d.dev)
 
         golden_index = _choose_golden(t, devs, c0, a_host, b_host, tol, exact, ref_rows, ref_samples, seed, notes)
 
         # golden copy on each device, then the slots
         for d in devs:
-            with C.on_device(d.dev):
+            with common.on_device(d.dev):
                 src = c0[golden_index] if golden_index is not None else c0[d.index]
                 d.golden = src.to(d.dev, copy=True)
         del c0, c, src
         for d in devs:
-            with C.on_device(d.dev):
+            with common.on_device(d.dev):
                 d.nslots = int(slots) if slots else d.plan_slots(mem_fraction, 4)
                 d.nslots = max(d.nslots, depth + 1)
                 d.slots = [t.empty(n, n, dtype=d.dtype, device=d.dev) for _ in range(d.nslots)]
@@ -278,9 +278,9 @@ def run(devices="cuda", duration_s=60.0, dtype="bf16", n=None, mem_fraction=0.9,
                 else:
                     d.flags = t.zeros(depth + 1, dtype=t.bool)
         for d in devs:
-            C.sync(d.dev)
-        C.say(progress, "stress: %d slots of %.1f MiB per device; running"
-              % (devs[0].nslots, devs[0].slot_bytes / C.MIB))
+            common.sync(d.dev)
+        common.say(progress, "stress: %d slots of %.1f MiB per device; running"
+                   % (devs[0].nslots, devs[0].slot_bytes / common.MIB))
 
         # run: launch while fewer than depth are queued; poll completions
         flops = 2.0 * n ** 3
@@ -288,7 +288,7 @@ def run(devices="cuda", duration_s=60.0, dtype="bf16", n=None, mem_fraction=0.9,
         for d in devs:
             d.t0 = t0
             if d.cuda:
-                with C.on_device(d.dev):
+                with common.on_device(d.dev):
                     d.t0_event.record()
         next_progress = t0 + progress_every_s
         it = {d.index: 0 for d in devs}
@@ -322,7 +322,7 @@ def run(devices="cuda", duration_s=60.0, dtype="bf16", n=None, mem_fraction=0.9,
                 break
             if now >= next_progress:
                 next_progress = now + progress_every_s
-                C.say(progress, "stress: %.0f/%.0f s  " % (now - t0, duration_s) + "  ".join(
+                common.say(progress, "stress: %.0f/%.0f s  " % (now - t0, duration_s) + "  ".join(
                     "%s %d it %.1f TFLOP/s %d bad" % (d.label, d.iterations, _tflops(d, flops), d.mismatches)
                     for d in devs))
             if not busy:
@@ -334,7 +334,7 @@ def run(devices="cuda", duration_s=60.0, dtype="bf16", n=None, mem_fraction=0.9,
             if d.dead:
                 continue
             for slot, w in sorted(d.written.items(), key=lambda kv: kv[1]):
-                with C.on_device(d.dev):
+                with common.on_device(d.dev):
                     bad = not _bitwise_equal(t, d.slots[slot], d.golden)
                 _count(t, d, w, slot, bad)
             d.written.clear()
@@ -355,8 +355,8 @@ def run(devices="cuda", duration_s=60.0, dtype="bf16", n=None, mem_fraction=0.9,
         for attr in ("a", "b", "golden", "slots", "neb"):
             setattr(d, attr, None)
     faulty = [r.device for r in results if r.faulty]
-    C.say(progress, "stress: done in %.1f s: %s"
-          % (elapsed, ("faulty: " + ", ".join(faulty)) if faulty else "no mismatch"))
+    common.say(progress, "stress: done in %.1f s: %s"
+               % (elapsed, ("faulty: " + ", ".join(faulty)) if faulty else "no mismatch"))
     return StressResult(ok=not faulty, faulty=faulty, dtype=dtype, n=n, duration_s=float(duration_s),
                         elapsed_s=elapsed, exact=bool(exact), tolerance=tol, seed=seed, devices=results, notes=notes)
 
@@ -372,7 +372,7 @@ def _launch(t, d, i, depth, fault):
     h = i % (depth + 1)
     j = (i + depth) % S           # the slot overwritten `depth` iterations from now: check it now
     w = d.written.pop(j, None)
-    with C.on_device(d.dev):
+    with common.on_device(d.dev):
         if w is not None:
             t.ne(_int_view(t, d.slots[j]), _int_view(t, d.golden), out=d.neb)
             d.flags[h].copy_(d.neb.any(), non_blocking=True)
@@ -414,7 +414,7 @@ def _count(t, d, w, slot, bad):
     d.mismatches += 1
     if d.first_mm is None:
         d.first_mm = w
-        with C.on_device(d.dev):
+        with common.on_device(d.dev):
             x, g = d.slots[slot], d.golden
             for r0 in range(0, x.shape[0], 1024):      # row blocks: bounded temporaries
                 xs, gs = x[r0:r0 + 1024], g[r0:r0 + 1024]
