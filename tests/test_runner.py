@@ -83,8 +83,8 @@ def test_a_check_that_raises_is_an_error_and_the_run_goes_on(run_scenario, extra
 def test_unknown_check_or_suite_is_a_config_error(run_scenario):
     with pytest.raises(ConfigError, match="--check\\[0\\]: unknown check 'nope'"):
         run_scenario("h100-healthy", checks=["nope"])
-    with pytest.raises(ConfigError, match="unknown suite 'deep'"):
-        run_scenario("h100-healthy", suite="deep")
+    with pytest.raises(ConfigError, match="unknown suite 'deeper'"):
+        run_scenario("h100-healthy", suite="deeper")
     with pytest.raises(ConfigError, match="suites.prolog\\[1\\]: unknown check 'ecc_typo'"):
         run_scenario("h100-healthy", context="prolog", suites={"prolog": ["nvml", "ecc_typo"]})
 

@@ -88,6 +88,14 @@ def run(cfg: Dict[str, Any], context: NodeContext, node: Optional[str] = None, s
     deadline = process_started() + config.budget(cfg, context.name) - EXIT_MARGIN
     if context.to_syslog:
         syslogging.until(deadline)
+    try:
+        return _run(cfg, context, req, deadline, progress)
+    finally:
+        syslogging.until(None)      # a caller that goes on (a job driver, a test) is not bound by this run's
+
+
+def _run(cfg: Dict[str, Any], context: NodeContext, req: Request, deadline: float,
+         progress: Optional[Callable[[str], None]]) -> Outcome:
     # Slurm's calls end in time for the store write: the act share is theirs and the store's
     slurm = slurm_backend(cfg, deadline - store_share(cfg)) if context.acts else None
     chosen = None if req.checks else context.suite(cfg, req, slurm)
