@@ -201,14 +201,17 @@ def xid(ctx: click.Context, source: str, as_json: bool, gpu_name: str, strict: b
     from .output import table
 
     cond = X.Conditions.from_config(load_config(ctx)["xid"], gpu_name=gpu_name, strict=strict)
+    from .backends.host import LOG_READ_MAX, read_regular
+
     if source == "-":
-        data = sys.stdin.buffer.read()
+        data = sys.stdin.buffer.read(LOG_READ_MAX + 1)
     else:
-        try:
-            with open(source, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            raise GpuhcError("%s: cannot read: %s" % (source, exc.strerror or exc)) from None
+        data = read_regular(source, LOG_READ_MAX)     # a regular file only (not a FIFO, not /dev/zero)
+        if data is None:
+            raise GpuhcError("%s: cannot read (missing, unreadable or not a regular file)" % source)
+    if len(data) > LOG_READ_MAX:
+        raise GpuhcError("%s: larger than %d MiB: give the part to read (e.g. tail -c or journalctl --since)"
+                         % (source, LOG_READ_MAX >> 20))
     # lines are counted as the check counts them (newlines only), so `line` is what grep -n says
     events = X.describe(X.scan(data.decode("utf-8", "replace")), cond)
     if as_json:
@@ -230,9 +233,8 @@ def ack(ctx: click.Context, node: Optional[str], xid_number: Optional[int], pci_
         as_json: bool) -> None:
     """Acknowledge the active Xid events of this node: they stop causing findings until they recur."""
     from . import session
-    from .checks.xid import acknowledge
-
     from .backends.gpu import parse_bus_id
+    from .checks.xid import acknowledge
 
     cfg = load_config(ctx)
     if pci_bus_id is not None and parse_bus_id(pci_bus_id) is None:
@@ -286,7 +288,6 @@ def show(ctx: click.Context, node: str, as_json: bool) -> None:
     """The newest full report of NODE, every finding included."""
     from .fleet.slurm_view import slurm_view
     from .status import show_text
-
     from .store import check_node_name
 
     cfg = load_config(ctx)
@@ -323,8 +324,8 @@ def export() -> None:
 @click.pass_context
 def prometheus(ctx: click.Context, output: Optional[str], nodelist: Optional[str]) -> None:
     """Newest results as Prometheus text format (node_exporter textfile collector)."""
-    from .fleet.slurm_view import slurm_view
     from .export import export_prometheus
+    from .fleet.slurm_view import slurm_view
     from .hostlist import expand
 
     cfg = load_config(ctx)

@@ -334,6 +334,8 @@ def _check_meaning(cfg: Dict[str, Any], data: Dict[str, Any], source: str) -> No
         for n, name in enumerate(names):
             if name not in known:
                 raise fail("suites.%s[%d]" % (suite, n), "unknown check %r (known: %s)" % (name, ", ".join(known)))
+            if name in names[:n]:       # each check once: a suite of 15,000 xid entries ran 15,000 scans
+                raise fail("suites.%s[%d]" % (suite, n), "check %r listed twice" % name)
     suites = cfg["suites"]
     for context, suite in cfg["context_suites"].items():
         if suite not in suites:
