@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gpuhc import xid as X  # noqa: E402
-from gpuhc.backends.host import _read_file_since  # noqa: E402
+from gpuhc.backends.kernel_log import _read_file_since  # noqa: E402
 
 NOISE = [
     "[{t:12.6f}] audit: type=1400 audit({t:.3f}:{n}): apparmor=\"ALLOWED\" operation=\"open\" profile=\"snap.lxd\" name=\"/proc/{n}/\"",

@@ -168,6 +168,7 @@ def test_a_long_profile_line_is_an_error_naming_the_line(tmp_path):
 def test_a_kernel_log_file_is_read_only_when_regular_and_in_bounded_steps(tmp_path, monkeypatch):
     from gpuhc import xid
     from gpuhc.backends import host as H
+    from gpuhc.backends import kernel_log
 
     with pytest.raises(OSError, match="not a regular file"):
         H.LocalHost(kernel_log="/dev/zero").kernel_log_since(None)
@@ -176,7 +177,7 @@ def test_a_kernel_log_file_is_read_only_when_regular_and_in_bounded_steps(tmp_pa
     with pytest.raises(OSError, match="not a regular file"):
         H.LocalHost(kernel_log=str(fifo)).kernel_log_since(None)
     # more than a scan reads: the rest is read by the next scans, nothing is skipped
-    monkeypatch.setattr(H, "LOG_READ_MAX", 1000)
+    monkeypatch.setattr(kernel_log, "LOG_READ_MAX", 1000)     # the scan limit lives with the log readers
     log = tmp_path / "kern.log"
     lines = ["[ %d.0] NVRM: Xid (PCI:0000:5d:00): %d, pid=1, name=x, event %d" % (i, 13 + i % 2, i)
              for i in range(100)]
@@ -197,6 +198,7 @@ def test_a_kernel_log_file_is_read_only_when_regular_and_in_bounded_steps(tmp_pa
 
 def test_proc_and_sysfs_reads_are_bounded_and_regular_only(tmp_path, monkeypatch):
     from gpuhc.backends import host as H
+    from gpuhc.backends import kernel_log
 
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc" / "modules").write_text("nvidia 1 0 - Live\n")

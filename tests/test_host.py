@@ -1,5 +1,6 @@
 """LocalHost.run: every command the checks and `gpuhc reset` run is bounded by its timeout."""
 import os
+import subprocess
 import time
 
 from gpuhc.backends.host import LocalHost
@@ -60,7 +61,7 @@ def test_a_command_that_cannot_die_does_not_hold_the_caller(monkeypatch):
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(H.subprocess, "Popen", Unkillable)
+    monkeypatch.setattr(subprocess, "Popen", Unkillable)
     monkeypatch.setattr(LocalHost, "REAP_WAIT", 0.2, raising=False)
     try:
         res = call_within(lambda: LocalHost().run(["nvidia-smi", "--gpu-reset", "-i", "0000:5d:00.0"], timeout=0.3), 5)
@@ -103,9 +104,9 @@ def test_a_command_given_up_at_its_timeout_is_killed_with_its_whole_process_grou
 def test_a_command_output_is_kept_to_its_limit_and_the_command_is_not_blocked(monkeypatch):
     """A command that writes without end is read on (never blocked on a full pipe) and kept to
     OUTPUT_MAX bytes per stream, not to all the memory it can fill before its timeout."""
-    from gpuhc.backends import host as H
+    from gpuhc.backends import bounded_io
 
-    monkeypatch.setattr(H, "OUTPUT_MAX", 1000)
+    monkeypatch.setattr(bounded_io, "OUTPUT_MAX", 1000)
     res = LocalHost().run(["sh", "-c", "head -c 5000000 /dev/zero; echo done >&2"], timeout=20)
     assert res.rc == 0 and not res.timed_out
     assert len(res.stdout) == 1000 and res.truncated and res.stderr == "done\n"

@@ -9,6 +9,7 @@ import pytest
 
 from gpuhc import xid as X
 from gpuhc.backends import host as H
+from gpuhc.backends import kernel_log
 from gpuhc.backends.host import LocalHost, since_line
 
 XID48 = "NVRM: Xid (PCI:0000:ab:00): 48, pid=1, name=p, DBE"
@@ -78,7 +79,7 @@ def kmsg(tmp_path, monkeypatch):
     path = tmp_path / "dev" / "kmsg"
     path.write_text("")
     ring = FakeKmsg()
-    monkeypatch.setattr(H, "os", FakeOs(ring, str(path)))
+    monkeypatch.setattr(kernel_log, "os", FakeOs(ring, str(path)))
     return ring
 
 
