@@ -417,8 +417,9 @@ def test_blame_imports_no_torch_slurm_or_store():
             "print(' '.join(sorted(m for m in sys.modules if m.startswith('gpuhc') or m == 'torch')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert set(done.stdout.split()) <= {"gpuhc", "gpuhc.controller", "gpuhc.controller.blame", "gpuhc.hostlist",
-                                        "gpuhc.errors"}
+    assert set(done.stdout.split()) <= {"gpuhc", "gpuhc.controller", "gpuhc.controller.blame",
+                                        "gpuhc.controller.conviction", "gpuhc.controller.bisection",
+                                        "gpuhc.hostlist", "gpuhc.errors"}
 
 
 def test_history_of_other_nodes_is_evidence_but_never_run():
