@@ -17,7 +17,8 @@ PKG = os.path.join(ROOT, "gpuhc")
 SLURM = ("gpuhc.backends.slurm", "gpuhc.backends.slurm_cli", "gpuhc.backends.slurm_pyslurm", "gpuhc.acting")
 STORE = ("gpuhc.store",)
 TOP = ("gpuhc.cli", "gpuhc.contexts", "gpuhc.controller", "gpuhc.fleet", "gpuhc.status", "gpuhc.export")
-HARDWARE = ("gpuhc.backends.gpu_nvml", "gpuhc.backends.host", "gpuhc.backends.sim", "gpuhc.workloads")
+HARDWARE = ("gpuhc.backends.gpu_nvml", "gpuhc.backends.nvml_library", "gpuhc.backends.host", "gpuhc.backends.sim",
+            "gpuhc.workloads")
 
 # (importer prefix, forbidden prefixes, why)
 RULES = [

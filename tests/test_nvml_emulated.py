@@ -25,7 +25,8 @@ import pytest
 
 from gpuhc.backends import gpu as G
 from gpuhc.backends.gpu import GpuError
-from gpuhc.backends.gpu_nvml import _ERROR_CODES, _NVML_DEFAULTS, NvmlBackend
+from gpuhc.backends.gpu_nvml import NvmlBackend
+from gpuhc.backends.nvml_library import _ERROR_CODES, _NVML_DEFAULTS
 from gpuhc.checks import memory_remap
 from gpuhc.checks.base import Entry, gpu_error_finding
 from gpuhc.model import GpuRef, Severity
@@ -33,11 +34,13 @@ from gpuhc.model import GpuRef, Severity
 N = pytest.importorskip("pynvml")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE = os.path.join(os.path.dirname(HERE), "gpuhc", "backends", "gpu_nvml.py")
+# the NVML backend: its readers, and the library layer under them
+SOURCES = [os.path.join(os.path.dirname(HERE), "gpuhc", "backends", name)
+           for name in ("gpu_nvml.py", "nvml_library.py")]
 
 
 def _source_names(prefixes):
-    text = open(SOURCE).read()
+    text = "\n".join(open(path).read() for path in SOURCES)
     return sorted({m for m in re.findall(r'"((?:%s)[A-Za-z0-9_]*)"' % "|".join(prefixes), text)})
 
 
