@@ -645,5 +645,31 @@ def nccl(ctx: click.Context, pairs_nodelist: Optional[str], quick: bool, job_bis
     os._exit(code)     # never wait for a torch thread stuck in a collective
 
 
+# ---- gpuhc report (issue 17): the fleet's health over a window ------------------------------------------
+@main.command()
+@common_options
+@click.option("-p", "--partition", metavar="PARTITION[,...]", help="Only nodes of these Slurm partitions.")
+@click.option("-n", "--nodes", "nodelist", metavar="NODELIST", help="Only these nodes (hostlist: gpu-[001-064]).")
+@click.option("--since", metavar="DURATION", help="The window: the last DURATION (30m, 12h, 7d, 4w; default "
+              "report.since, 7 days).")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "html", "json"]), default="text",
+              show_default=True, help="text and markdown: tables; html: one self-contained file with plots; json: "
+              "the same data for automation.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--output", metavar="FILE", help="Write the report to FILE (atomically) instead of standard output.")
+@click.pass_context
+def report(ctx: click.Context, partition: Optional[str], nodelist: Optional[str], since: Optional[str], fmt: str,
+           as_json: bool, output: Optional[str]) -> None:
+    """The fleet's health over a window, from the store: summary, what needs a person, 0-100 scores on
+    five dimensions, trends and anomalies, lemons and reliability figures, benchmark and all-reduce
+    figures, the pair history and a node x check matrix. Progress goes to stderr on a large store."""
+    from .fleet.report import report_output
+
+    text = report_output(load_config(ctx), partition, nodelist, since, "json" if as_json else fmt, output,
+                         progress=lambda line: click.echo("gpuhc: %s" % line, err=True))
+    if text:
+        click.echo(text, nl=False)
+
+
 def run() -> None:
     main(prog_name="gpuhc")

@@ -94,6 +94,9 @@ def defaults() -> Dict[str, Any]:
         },
         "history": {"max_records": 1000, "max_age_days": 90},
         "status": {"stale_after": 86400},
+        # `gpuhc report`: the window when --since is not given (s); incidents in the window that make a
+        # node a lemon; the bound on reading the store's metric series (s; a slow store ends there)
+        "report": {"since": 7 * 86400.0, "lemon_drains": 3, "timeout": 300.0},
         # limits the checks apply (NVIDIA's guidance where it gives one)
         "thresholds": dict(THRESHOLDS),
         # Slurm: backend "cli" (scontrol/sinfo), "pyslurm" (when it matches the installed Slurm, else
@@ -195,6 +198,7 @@ SCHEMA: Dict[str, Any] = {
     },
     "history": {"max_records": "count", "max_age_days": NUM},
     "status": {"stale_after": SECONDS},
+    "report": {"since": SECONDS, "lemon_drains": "count", "timeout": SECONDS},
     "thresholds": _per(THRESHOLDS, NUM),
     "slurm": {"backend": OneOf("backend", ("cli", "pyslurm", "auto", "none")), "timeout": SECONDS,
               "dry_run": "bool", "comment_monitor": "bool"},

@@ -11,6 +11,17 @@ Families (gauges; one sample per node unless said):
 - ``gpuhc_metric_<check>_<name>{node,gpu,device}``: the numbers findings carry (ECC counts, NVLink
   errors, temperatures, ...); ``gpu`` is the GPU index, ``device`` a non-GPU device, "" when none.
   Where several findings of a check carry the same metric for the same GPU, the most severe wins.
+
+Names follow Prometheus' conventions (https://prometheus.io/docs/practices/naming/): the unit in
+its base form at the end of the name, ``_total`` on counters. The checks name their numbers for
+people (``temperature_c``, ``busbw_gbps@1048576``, ``matmul_tflops_bf16``), so ``metric_name``
+renames them: a unit becomes its base unit and the value is scaled (``_c`` -> ``_celsius``, ``_w``
+-> ``_watts``, ``gbps`` (GB/s) -> ``_bytes_per_second``, ``tflops`` -> ``_flops``, ``us`` ->
+``_seconds``; a port ``rate`` in Gb/s -> ``rate_bytes_per_second``), a message size after ``@``
+becomes the label ``size_bytes``, and the hardware's cumulative error counters (ECC, PCIe replays,
+NVLink errors, link-down events) are typed ``counter`` with ``_total``. (Before `gpuhc report`'s
+Grafana dashboard they were all gauges named as the checks name them, e.g.
+``gpuhc_metric_thermal_power_temperature_c``.)
 """
 from __future__ import annotations
 
@@ -57,24 +68,63 @@ def _number(value: float) -> str:
     return repr(int(x)) if x.is_integer() and abs(x) < 2 ** 53 else repr(x)
 
 
+# the checks' units -> (base unit, factor): a token anywhere in the name, or the name's last token
+UNIT_TOKENS = {"tflops": ("flops", 1e12), "gbps": ("bytes_per_second", 1e9), "us": ("seconds", 1e-6)}
+LAST_UNITS = {"c": ("celsius", 1), "w": ("watts", 1), "s": ("seconds", 1)}
+RENAMED = {("network", "rate"): ("rate_bytes_per_second", 1e9 / 8),      # an IB port's rate, Gb/s
+           ("pcie", "replay_counter"): ("replays", 1)}
+COUNTERS = frozenset({
+    ("ecc", "volatile_corrected"), ("ecc", "volatile_uncorrected"), ("ecc", "aggregate_corrected"),
+    ("ecc", "aggregate_uncorrected"), ("ecc", "aggregate_uncorrected_sram"), ("ecc", "aggregate_uncorrected_dram"),
+    ("pcie", "replay_counter"), ("nvlink", "replay_errors"), ("nvlink", "recovery_errors"),
+    ("nvlink", "crc_flit_errors"), ("nvlink", "crc_data_errors"), ("network", "link_downed"),
+})
+
+
+@functools.lru_cache(maxsize=4096)
+def metric_name(check: str, metric: str) -> Tuple[str, float, str, str]:
+    """(family name, factor to base units, "gauge" or "counter", message size or "") of a finding's
+    metric, after Prometheus' conventions (see the module's doc)."""
+    base, _, size = metric.partition("@")
+    name, factor = RENAMED.get((check, base), (base, 1))
+    if (check, base) not in RENAMED:
+        parts = base.split("_")
+        unit = None
+        for i, part in enumerate(parts):
+            if part in UNIT_TOKENS and len(parts) > 1:
+                unit = UNIT_TOKENS[part]
+                del parts[i]
+                break
+        if unit is None and len(parts) > 1 and parts[-1] in LAST_UNITS:
+            unit = LAST_UNITS[parts.pop()]
+        if unit is not None:
+            name, factor = "_".join(parts + [unit[0]]), unit[1]
+    kind = "counter" if (check, base) in COUNTERS else "gauge"
+    if kind == "counter" and not name.endswith("_total"):
+        name += "_total"
+    return _name("gpuhc_metric", check, name), factor, kind, size if size.isdigit() else ""
+
+
 class _Families:
     """Families in order of first use, each a list of rendered samples (the text format wants a
     family's samples together, so they are gathered before anything is written)."""
 
     def __init__(self) -> None:
         self.families: "OrderedDict[str, Tuple[str, List[str]]]" = OrderedDict()
+        self.kinds: Dict[str, str] = {}
 
-    def add(self, name: str, help_text: str, labels: str, value: float) -> None:
+    def add(self, name: str, help_text: str, labels: str, value: float, kind: str = "gauge") -> None:
         family = self.families.get(name)
         if family is None:
             family = self.families[name] = (help_text, [])
+            self.kinds[name] = kind
         family[1].append("%s{%s} %s" % (name, labels, _number(value)))
 
     def text(self) -> str:
         out: List[str] = []
         for name, (help_text, samples) in self.families.items():
             out.append("# HELP %s %s" % (name, help_text.replace("\\", "\\\\").replace("\n", "\\n")))
-            out.append("# TYPE %s gauge" % name)
+            out.append("# TYPE %s %s" % (name, self.kinds.get(name, "gauge")))
             out.extend(samples)
         return "\n".join(out) + "\n" if out else ""
 
@@ -126,11 +176,14 @@ def _add_report(fam: _Families, node: str, report: Report) -> None:
             continue
         for metric, value in sorted(f.metrics.items()):
             if isinstance(value, (int, float)):
-                name = _name("gpuhc_metric", f.check, metric)
-                if (name, labels) not in seen:
-                    seen.add((name, labels))
-                    fam.add(name, "Metric %r carried by the findings of check %r, newest report" % (metric, f.check),
-                            labels, value)
+                name, factor, kind, size = metric_name(f.check, metric)
+                these = labels + "," + _label("size_bytes", size) if size else labels
+                if (name, these) not in seen:
+                    seen.add((name, these))
+                    base = metric.partition("@")[0]
+                    fam.add(name, "Metric %r carried by the findings of check %r, newest report%s" % (
+                        base, f.check, " (base units)" if factor != 1 else ""), these,
+                        value * factor if factor != 1 else value, kind)
     for key, count in xids.items():
         fam.add("gpuhc_xid_events", "Active Xid/SXid events of the node's newest report, by GPU (device for "
                 "an NVSwitch), Xid number and severity", key, count)

@@ -61,8 +61,8 @@ def test_textfile_parses_with_help_type_and_values(stored):
         reset = sum(1 for f in rep.findings if f.severity is Severity.RESET)
         assert counts[(("node", node), ("severity", "RESET"))] == reset
     # the numbers findings carry, per GPU
-    temps = samples(fams, "gpuhc_metric_thermal_power_temperature_c")
-    assert fams["gpuhc_metric_thermal_power_temperature_c"].documentation
+    temps = samples(fams, "gpuhc_metric_thermal_power_temperature_celsius")
+    assert fams["gpuhc_metric_thermal_power_temperature_celsius"].documentation
     hot = next(f for f in reports["gpu-004"].findings if f.check == "thermal_power" and f.severity is Severity.MONITOR)
     assert temps[(("device", ""), ("gpu", str(hot.gpu.index)), ("node", "gpu-004"))] == hot.metrics["temperature_c"]
     assert len([k for k in temps if ("node", "gpu-001") in k]) == 8
@@ -232,3 +232,33 @@ def test_output_through_a_link_another_user_planted_is_refused(stored, tmp_path,
     assert export_prometheus(cfg, output=fresh) == ""
     st = os.lstat(fresh)
     assert stat.S_ISREG(st.st_mode) and st.st_uid == 0 and "gpuhc_node_severity" in open(fresh).read()
+
+
+def test_metric_names_follow_prometheus_conventions(run_scenario, make_cfg):
+    """Units spelled out in base units at the end of a name (values scaled), _total on counters (typed
+    counter), a message size as the label size_bytes: what the Grafana dashboard (grafana/) queries."""
+    from gpuhc.export import metric_name
+
+    assert metric_name("thermal_power", "temperature_c")[:3] == ("gpuhc_metric_thermal_power_temperature_celsius", 1,
+                                                                 "gauge")
+    assert metric_name("gpu_bench", "matmul_tflops_bf16")[:2] == ("gpuhc_metric_gpu_bench_matmul_bf16_flops", 1e12)
+    assert metric_name("allreduce_node", "busbw_gbps@1048576") == (
+        "gpuhc_metric_allreduce_node_busbw_bytes_per_second", 1e9, "gauge", "1048576")
+    assert metric_name("ecc", "aggregate_corrected")[::2] == ("gpuhc_metric_ecc_aggregate_corrected_total", "counter")
+    assert metric_name("pcie", "replay_counter")[0] == "gpuhc_metric_pcie_replays_total"
+    cfg = make_cfg()
+    rep = run_scenario("h100-healthy", context="bench", node="gpu-001")
+    Store.from_config(cfg).record(rep)
+    prolog = run_scenario("h100-healthy", context="prolog", node="gpu-002")
+    Store.from_config(cfg).record(prolog)
+    text = export_prometheus(cfg)
+    fams = families(text)          # the parser accepts counters and the size label
+    ecc = fams["gpuhc_metric_ecc_aggregate_corrected"]      # the parser names a counter family without _total
+    assert ecc.type == "counter" and all(s.name.endswith("_total") for s in ecc.samples)
+    busbw = samples(fams, "gpuhc_metric_allreduce_node_busbw_bytes_per_second")
+    sized = {dict(k).get("size_bytes"): v for k, v in busbw.items()}
+    assert sized["8589934592"] == pytest.approx(468.171e9) and sized[None] == pytest.approx(468.171e9)
+    matmul = samples(fams, "gpuhc_metric_gpu_bench_matmul_flops")
+    assert set(matmul.values()) == {790e12}
+    names = {line.split("{")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    assert not any(n.endswith(("_c", "_w", "_gbps", "_us")) or "tflops" in n for n in names), names

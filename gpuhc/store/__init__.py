@@ -55,6 +55,7 @@ from .files import (
 from .pairs import PairHistory as PairHistory  # the pair history of multi-node all-reduce runs (pairs.py)
 from .reading import StoreReader, bounded
 from .records import StoreError, check_node_name, encode, summarize, summary_problem
+from .series import SERIES as SERIES  # the compact per-node metric series `gpuhc report` reads (series.py)
 from .writing import Store, init_store, record_safely
 
 __all__ = ["ACK", "HISTORY", "LATEST", "LOCK", "MARKER", "MAX_HISTORY_BYTES", "MAX_RECORD_BYTES", "SUMMARY",

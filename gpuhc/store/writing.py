@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 from .. import trust
 from ..localstate import open_lock
 from ..model import Report, valid_ts
-from . import detach
+from . import detach, series
 from .files import (
     ACK,
     HISTORY,
@@ -204,6 +204,10 @@ class Store(Spool):
                 raise
         finally:
             os.close(fd)
+        try:        # the compact metric series (series.py): derived, so a failure is a warning, not a lost record
+            series.append(directory, report)
+        except OSError as exc:
+            log.warning("%s: series record not written: %s", directory, describe(exc))
         if fsync_dir_too:
             fsync_dir(directory)
 
@@ -277,6 +281,11 @@ class Store(Spool):
             records = records[-self.max_records:]
         if len(records) < total or (data and not data.endswith(b"\n")):
             atomic_write(path, b"".join(raw + b"\n" for _, _, raw in records))
+        try:        # the series with the same limits (built from the history where there is none yet)
+            series.compact(directory, now, self.max_records, self.max_age,
+                           history=(json.loads(raw) for _, _, raw in records))
+        except (OSError, ValueError) as exc:
+            log.warning("%s: series not compacted: %s", directory, describe(exc))
         summary = self._summary_file(directory)
         if summary is not None:
             summary["history"] = {"count": len(records), "oldest_ts": records[0][0] if records else None}
