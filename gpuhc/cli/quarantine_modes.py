@@ -7,14 +7,14 @@ import json
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import GpuhcError
-from .model import EXIT_UNKNOWN, EXIT_USAGE
+from ..errors import GpuhcError
+from ..model import EXIT_UNKNOWN, EXIT_USAGE
 
 ROWS = ["NODE", "RESULT", "RESERVATION", "JOB", "WHY"]
 
 
 def _slurm(cfg: Dict[str, Any]) -> Any:
-    from .acting import slurm_backend
+    from ..acting import slurm_backend
 
     slurm = slurm_backend(cfg, time.monotonic() + float(cfg["quarantine"]["timeout"]))
     if slurm is None:
@@ -23,7 +23,7 @@ def _slurm(cfg: Dict[str, Any]) -> Any:
 
 
 def _table(rows: List[Dict[str, Any]], as_json: bool) -> str:
-    from .output import table
+    from ..output import table
 
     if as_json:
         return json.dumps(rows, indent=2)
@@ -34,9 +34,9 @@ def _table(rows: List[Dict[str, Any]], as_json: bool) -> str:
 def main(cfg: Dict[str, Any], nodelist: Optional[str], force: bool, dry_run: bool, show_list: bool, cancel: bool,
          reconcile: bool, run_here: bool, finish_node: Optional[str], job: Optional[str], node: Optional[str],
          simulate: Optional[str], as_json: bool) -> Tuple[str, int]:
-    from .backends.slurm import SlurmError
-    from .controller import quarantine as quarantine_control
-    from .hostlist import expand
+    from ..backends.slurm import SlurmError
+    from ..controller import quarantine as quarantine_control
+    from ..hostlist import expand
 
     modes = [m for m, on in (("--list", show_list), ("--cancel", cancel), ("--reconcile", reconcile),
                              ("--run", run_here), ("--finish", bool(finish_node))) if on]
@@ -50,7 +50,7 @@ def main(cfg: Dict[str, Any], nodelist: Optional[str], force: bool, dry_run: boo
             entries = quarantine_control.listing(cfg, slurm)
             if as_json:
                 return json.dumps([e.to_dict() for e in entries], indent=2), 0
-            from .output import table
+            from ..output import table
 
             return (table([[e.node, e.reservation, e.job_id or "-", e.job_state or "-", _when(e.started), e.reason]
                            for e in entries], ["NODE", "RESERVATION", "JOB", "STATE", "STARTED", "REASON"])
@@ -79,10 +79,10 @@ def _when(ts: Optional[int]) -> str:
 
 
 def _run_here(cfg: Dict[str, Any], node: Optional[str], simulate: Optional[str], as_json: bool) -> Tuple[str, int]:
-    from .contexts import bench
-    from .contexts import quarantine as quarantine_job
-    from .contexts.pipeline import run as run_pipeline
-    from .output import report_text
+    from ..contexts import bench
+    from ..contexts import quarantine as quarantine_job
+    from ..contexts.pipeline import run as run_pipeline
+    from ..output import report_text
 
     if cfg["slurm"]["backend"] == "none":
         raise GpuhcError("quarantine --run acts through Slurm (slurm.backend: none)")
