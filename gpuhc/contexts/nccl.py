@@ -28,7 +28,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..controller import nccl as N
+from ..controller import nccl as nccl_control
 from ..errors import GpuhcError
 
 PORT_BASE = 20000
@@ -128,9 +128,9 @@ def parse_sizes(text: Optional[str]) -> Optional[List[int]]:
 def detect_profile(cfg: Dict[str, Any], node: str, simulate: Optional[str], on_gpu: bool) -> Any:
     """The node's profile (for the expected bandwidth when config sets none): config, Slurm feature,
     instance type (a scenario's, or the cloud's), GPU model and count as torch sees them."""
-    from .. import profiles as P
+    from .. import profiles as profile_file
 
-    profiles = P.load(cfg.get("profiles"))
+    profiles = profile_file.load(cfg.get("profiles"))
     target = simulate or cfg.get("simulate")
 
     def features() -> List[str]:
@@ -154,13 +154,13 @@ def detect_profile(cfg: Dict[str, Any], node: str, simulate: Optional[str], on_g
     def gpu_model() -> Optional[Tuple[str, int]]:
         if not on_gpu:
             return None
-        from ..workloads import _common as W
+        from ..workloads import _common as workload_common
 
-        t = W.torch()
+        t = workload_common.torch()
         return (t.cuda.get_device_name(0), t.cuda.device_count()) if t.cuda.is_available() else None
 
     try:
-        return P.detect(profiles, forced=cfg.get("profile"), features=features, instance_type=instance_type,
+        return profile_file.detect(profiles, forced=cfg.get("profile"), features=features, instance_type=instance_type,
                         gpu_model=gpu_model).profile
     except Exception:
         return None
@@ -176,7 +176,7 @@ def run_rank(cfg: Dict[str, Any], device: Optional[str] = None, sizes: Optional[
              out: Callable[[str], None] = print) -> Tuple[Optional[Dict[str, Any]], int]:
     """One rank: run the sweep; rank 0 judges, prints, records. (rank 0's record or None, exit code)."""
     from ..session import node_name
-    from ..workloads import allreduce as A
+    from ..workloads import allreduce as allreduce_workload
 
     conf = cfg["nccl"]
     if int(conf["iters"]) < 1:
@@ -186,12 +186,12 @@ def run_rank(cfg: Dict[str, Any], device: Optional[str] = None, sizes: Optional[
     simulated = bool(simulate or cfg.get("simulate"))
     dev = choose_device(device or conf["device"], simulated)
     backend = "nccl" if dev == "cuda" else "gloo"
-    sizes = sizes or [int(s) for s in conf["sizes"]] or list(A.DEFAULT_SIZES[backend])
+    sizes = sizes or [int(s) for s in conf["sizes"]] or list(allreduce_workload.DEFAULT_SIZES[backend])
     if algo:
         os.environ["NCCL_ALGO"] = algo          # read by NCCL at init: set before it
     delay, hang = scenario_fault(cfg, node, simulate)
     started = time.time()
-    res = A.run(layout.rank, layout.world, backend=backend, sizes=sizes, warmup=int(conf["warmup"]),
+    res = allreduce_workload.run(layout.rank, layout.world, backend=backend, sizes=sizes, warmup=int(conf["warmup"]),
                 iters=int(conf["iters"]), timeout_s=float(conf["timeout"]),
                 init_method="tcp://%s:%d" % (layout.master_addr, layout.master_port),
                 delay_hook=delay or None, hang=hang, device="cpu" if dev == "cpu" else None,
@@ -203,16 +203,16 @@ def run_rank(cfg: Dict[str, Any], device: Optional[str] = None, sizes: Optional[
     on_gpu = dev == "cuda"
     nnodes = len(layout.nodes)
     profile = None if conf["expect_busbw_gbps"] is not None else detect_profile(cfg, node, simulate, on_gpu)
-    expected, source = N.expected_busbw(cfg, profile, nnodes, on_gpu)
+    expected, source = nccl_control.expected_busbw(cfg, profile, nnodes, on_gpu)
     need = float(cfg["thresholds"]["allreduce_min_fraction"])
     sizes_out = [s.as_dict() for s in res.sizes]
-    judgement = N.judge(sizes_out, res.ok, res.error, expected, need, on_gpu, int(conf["judge_from_bytes"]))
-    record = N.group_record(layout.nodes, judgement, job_id=layout.run_id, ranks=layout.world, backend=backend,
+    judgement = nccl_control.judge(sizes_out, res.ok, res.error, expected, need, on_gpu, int(conf["judge_from_bytes"]))
+    record = nccl_control.group_record(layout.nodes, judgement, job_id=layout.run_id, ranks=layout.world, backend=backend,
                             device=res.device, sizes=sizes_out, algo=algo or os.environ.get("NCCL_ALGO"),
                             purpose=purpose, error=res.error, torch_version=res.torch_version,
                             nccl_version=res.nccl_version, env=res.env, elapsed_s=res.elapsed_s)
     out(header(layout, backend, res, expected, source, need))
-    out(A.format_table(res))
+    out(allreduce_workload.format_table(res))
     out("# %s all-reduce over %s (%d ranks): %s" % ("PASS" if judgement.passed else "FAIL", record["nodelist"],
                                                    layout.world, judgement.why))
     from ..store import PairHistory, StoreError
@@ -223,7 +223,7 @@ def run_rank(cfg: Dict[str, Any], device: Optional[str] = None, sizes: Optional[
         except (StoreError, OSError) as exc:
             progress_to_stderr("warning: pair history not written: %s" % exc)
     if step:
-        out(N.RESULT_TAG + json.dumps(record, separators=(",", ":")))
+        out(nccl_control.RESULT_TAG + json.dumps(record, separators=(",", ":")))
     else:
         conclude_alone(cfg, layout, record, started, profile)
     return record, 0 if judgement.passed else 1
@@ -237,15 +237,15 @@ def conclude_alone(cfg: Dict[str, Any], layout: Layout, record: Dict[str, Any], 
 
     nodes = layout.nodes
     if len(nodes) == 1 and not record["passed"]:
-        result = N.to_result(record)
+        result = nccl_control.to_result(record)
         verdict = Verdict(convicted={nodes[0]: Evidence((result,), (), result.busbw, result.size)},
                           suspect_links={}, innocent=frozenset(), undecided=frozenset(), unexplained=())
     elif len(nodes) == 1:
         verdict = Verdict(convicted={}, suspect_links={}, innocent=frozenset(nodes), undecided=frozenset(),
                           unexplained=())
     else:
-        verdict = convict([N.to_result(record)])
-    reports, done, notes = N.conclude(cfg, nodes, verdict, [record], job_id=layout.job_id, started=started,
+        verdict = convict([nccl_control.to_result(record)])
+    reports, done, notes = nccl_control.conclude(cfg, nodes, verdict, [record], job_id=layout.job_id, started=started,
                                       profile=getattr(profile, "name", "") or "", bisected=False)
     for node, what in done.items():
         progress_to_stderr("%s: %s" % (node, what))
@@ -260,7 +260,7 @@ def header(layout: Layout, backend: str, res: Any, expected: Optional[float], so
     lines = ["# gpuhc nccl: all-reduce, %d ranks on %d nodes (%s), %s on %s, job %s" % (
         layout.world, len(layout.nodes), fold(layout.nodes), backend, res.device, layout.run_id or "-"),
         "# torch %s%s" % (res.torch_version, ", NCCL %s" % res.nccl_version if res.nccl_version else ""),
-        "# expected busbw: %s" % ("%s GB/s, pass at >= %s GB/s (%s)" % (N.gbps(expected), N.gbps(expected * need), source)
+        "# expected busbw: %s" % ("%s GB/s, pass at >= %s GB/s (%s)" % (nccl_control.gbps(expected), nccl_control.gbps(expected * need), source)
                                   if expected is not None else source)]
     for key, value in sorted((res.env or {}).items()):
         lines.append("# %s=%s" % (key, value))

@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..controller import nccl as N
+from ..controller import nccl as nccl_control
 from ..errors import GpuhcError
 from ..hostlist import expand, fold
 
@@ -81,7 +81,7 @@ class Driver:
         labels = [fold(g) for g in groups]
 
         def relay(i: int, line: str, is_err: bool) -> None:
-            if line.startswith(N.RESULT_TAG):
+            if line.startswith(nccl_control.RESULT_TAG):
                 return
             text = "[%s] %s" % (labels[i], line) if prefix else line
             (self.err if is_err else self.out)(text)
@@ -96,11 +96,11 @@ class Driver:
         for group, res in zip(groups, results):
             record = None
             for line in reversed(res.stdout):
-                if line.startswith(N.RESULT_TAG):
+                if line.startswith(nccl_control.RESULT_TAG):
                     try:
                         import json
 
-                        record = json.loads(line[len(N.RESULT_TAG):])
+                        record = json.loads(line[len(nccl_control.RESULT_TAG):])
                     except ValueError:
                         record = None
                     break
@@ -119,9 +119,9 @@ class Driver:
             "srun exited %s with no result from rank 0" % res.returncode
         need = float(self.cfg["thresholds"]["allreduce_min_fraction"])
         expected = self.cfg["nccl"]["expect_busbw_gbps"]
-        judgement = N.Judgement(False, None, None, float(expected) if expected is not None else None, need,
+        judgement = nccl_control.Judgement(False, None, None, float(expected) if expected is not None else None, need,
                                 "failed: %s" % why)
-        record = N.group_record(group, judgement, job_id=self.job_id, ranks=len(group) * self.ntasks,
+        record = nccl_control.group_record(group, judgement, job_id=self.job_id, ranks=len(group) * self.ntasks,
                                 backend="nccl" if self.device == "cuda" else "gloo", device=self.device, sizes=[],
                                 algo="Ring" if len(group) == 2 else None, purpose=purpose, error=why,
                                 elapsed_s=time.time() - started)
@@ -163,18 +163,18 @@ def job_bisect(cfg: Dict[str, Any], device: Optional[str] = None, ntasks_per_nod
     rounds = 0
     if first["passed"] or len(nodes) < 2:
         if len(nodes) == 1:
-            res = N.to_result(first)
+            res = nccl_control.to_result(first)
             verdict = Verdict(convicted={} if first["passed"] else {nodes[0]: Evidence((res,), (), res.busbw, res.size)},
                               suspect_links={}, innocent=frozenset(nodes) if first["passed"] else frozenset(),
                               undecided=frozenset(), unexplained=())
         else:
-            verdict = convict([N.to_result(first)])
+            verdict = convict([nccl_control.to_result(first)])
     elif not bisect:
-        verdict = convict([N.to_result(first)])
+        verdict = convict([nccl_control.to_result(first)])
         out("gpuhc nccl: the group failed; not bisected (nccl.bisect false or --no-bisect)")
     else:
         out("\n== the group failed: bisecting inside the job's allocation ==")
-        plan = Bisection(nodes, [N.to_result(first)])
+        plan = Bisection(nodes, [nccl_control.to_result(first)])
         budget = float(conf["budget"])
         last = time.monotonic() - clock
         while True:
@@ -189,7 +189,7 @@ def job_bisect(cfg: Dict[str, Any], device: Optional[str] = None, ntasks_per_nod
             out("-- round %d: %s" % (rounds, "  ".join(fold(g) for g in groups)))
             t0 = time.monotonic()
             for record in driver.run_round(groups, "bisect"):
-                plan.record(N.to_result(record))
+                plan.record(nccl_control.to_result(record))
                 out("-- %s: %s" % (record["nodelist"], "PASS" if record["passed"] else "FAIL: %s" % record["verdict"]))
             last = time.monotonic() - t0
         verdict = plan.verdict()
@@ -197,11 +197,11 @@ def job_bisect(cfg: Dict[str, Any], device: Optional[str] = None, ntasks_per_nod
 
     if len(driver.records) > 1:
         out("\n== %d runs in %d rounds of bisection ==" % (len(driver.records), rounds))
-        out(table(N.runs_table(driver.records), N.RUNS_HEADER))
-    _, done, notes = N.conclude(cfg, nodes, verdict, driver.records, job_id=job_id, started=started,
+        out(table(nccl_control.runs_table(driver.records), nccl_control.RUNS_HEADER))
+    _, done, notes = nccl_control.conclude(cfg, nodes, verdict, driver.records, job_id=job_id, started=started,
                                 bisected=bisect and not first["passed"])
     out("\n== verdict ==")
-    out(N.verdict_text(nodes, verdict, driver.records, done) or "nothing decided")
+    out(nccl_control.verdict_text(nodes, verdict, driver.records, done) or "nothing decided")
     for note in notes:
         out("gpuhc nccl: warning: %s" % note)
     return 0 if first["passed"] else 1

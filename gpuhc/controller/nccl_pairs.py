@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import GpuhcError
 from ..hostlist import expand, fold
-from . import nccl as N
+from . import nccl as nccl_control
 from .blame import Bisection, Verdict, convict, pair_rounds
 
 QUICK_ROUNDS = 2
@@ -129,7 +129,7 @@ def pairs(cfg: Dict[str, Any], nodelist: str, quick: bool = False, device: Optio
     started = time.time()
     history = PairHistory.from_config(cfg)
     outcome.records = run_jobs(cfg, slurm, jobs, script, args, ntasks_per_node, history, progress, outcome.notes)
-    results = [N.to_result(r) for r in outcome.records]
+    results = [nccl_control.to_result(r) for r in outcome.records]
     if not any(not r.passed for r in results):
         outcome.verdict = convict(results) if results else None
     else:
@@ -147,13 +147,13 @@ def pairs(cfg: Dict[str, Any], nodelist: str, quick: bool = False, device: Optio
             records = run_jobs(cfg, slurm, more, script, args, ntasks_per_node, history, progress, outcome.notes)
             outcome.records.extend(records)
             for r in records:
-                planner.record(N.to_result(r))
+                planner.record(nccl_control.to_result(r))
             if not records:
                 break                    # nothing came back: asking again would ask the same
         outcome.verdict = planner.verdict()
     if outcome.verdict is None:
         return outcome
-    _, outcome.actions, notes = N.conclude(cfg, nodes, outcome.verdict, outcome.records, job_id=None,
+    _, outcome.actions, notes = nccl_control.conclude(cfg, nodes, outcome.verdict, outcome.records, job_id=None,
                                            started=started, slurm=slurm)
     outcome.notes += notes
     return outcome
@@ -239,13 +239,13 @@ def text(outcome: PairsOutcome) -> str:
     for job in outcome.jobs:
         r = by_job.get(job.job_id or "")
         rows.append([str(job.round), fold(job.nodes), job.job_id or "-", job.state or "-",
-                     N.gbps(r.get("busbw_gbps")) if r else "-",
+                     nccl_control.gbps(r.get("busbw_gbps")) if r else "-",
                      ("PASS" if r["passed"] else "FAIL") if r else "-", (r.get("error") or "")[:60] if r else job.error])
     parts = [table(rows, ["ROUND", "NODES", "JOB", "STATE", "BUSBW(GB/s)", "RESULT", "ERROR"])]
     if outcome.dry_run:
         parts.append("(dry run: nothing submitted)")
     elif outcome.verdict is not None:
-        parts += ["", N.verdict_text(outcome.nodes, outcome.verdict, outcome.records, outcome.actions)
+        parts += ["", nccl_control.verdict_text(outcome.nodes, outcome.verdict, outcome.records, outcome.actions)
                   or "nothing decided"]
     for note in outcome.notes:
         parts.append("note: %s" % note)
