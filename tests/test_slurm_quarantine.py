@@ -150,3 +150,28 @@ def test_a_quarantine_past_its_time_limit_leaves_the_node_drained_saying_so(qsit
     flags, reason = s.state("gpu-001")
     assert "DRAIN" in flags and reason.startswith("gpuhc: REBOOT quarantine ended without a verdict"), reason
     assert "TIMEOUT" in reason and "MAINT" not in flags
+
+
+def test_the_prolog_leaves_a_node_in_a_fresh_maint_reservation_alone(qsite):
+    """Issue 18: a flags=maint reservation created at once and a job in it on an unhealthy node. The
+    node's MAINTENANCE flag shows 1-5 s after the reservation starts, so judging by the flag the
+    prolog drained the node (3 of 3 times) and the reservation's job was requeued; the reservation
+    itself now says hands-off. `gpuhc resume --force` refuses a node in such a reservation."""
+    s = qsite()
+    s.scenario("gpu-004", "extends: h100-xid79\n")
+    s.cluster.run(["scontrol", "create", "reservation", "ReservationName=ops-maint", "Nodes=gpu-004",
+                   "StartTime=now", "Duration=30", "Flags=MAINT", "Users=root"])
+    try:
+        job = s.cluster.sbatch("#!/bin/sh\nsleep 1\n", nodelist="gpu-004", reservation="ops-maint")
+        assert s.cluster.wait_job(job, timeout=90) == "COMPLETED", s.cluster.job(job)
+        flags, reason = s.state("gpu-004")
+        assert "DRAIN" not in flags, (flags, reason)
+        prolog = next(r for r in json.loads(s.gpuhc("history", "gpu-004", "--json", check=True).stdout)
+                      if r["context"] == "prolog")
+        assert prolog["overall"] == "REBOOT" and prolog["action"] == "skip"
+        s.cluster.drain("gpu-004", "gpuhc: REBOOT xid: Xid 79 on GPU3")
+        res = s.gpuhc("resume", "gpu-004", "--force", "--json")
+        (row,) = json.loads(res.stdout)
+        assert res.returncode == 1 and row["result"] == "refused" and "maintenance reservation ops-maint" in row["why"]
+    finally:
+        s.cluster.run(["scontrol", "delete", "ReservationName=ops-maint"], check=False)
