@@ -118,3 +118,23 @@ def _rewrite(store, cfg, node, reports):
     shutil.rmtree(os.path.join(cfg["store"], "nodes", node))
     for r in sorted(reports, key=lambda r: r.started):
         assert store.record(r) == "stored"
+
+
+if __name__ == "__main__":
+    # python tests/report_fleet.py DIR: the fleet's store in DIR/store and its config in DIR/config.yaml
+    # (the README's picture: GPUHC_CONFIG=DIR/config.yaml gpuhc report --since 5d --format html ...)
+    import os
+    import sys
+    import time
+
+    from gpuhc import config as C
+    from gpuhc.store import init_store
+
+    base = os.path.abspath(sys.argv[1])
+    os.makedirs(base, exist_ok=True)
+    init_store(os.path.join(base, "store"))
+    conf = os.path.join(base, "config.yaml")
+    with open(conf, "w") as fh:
+        fh.write("store: %s/store\nstate_dir: %s/state\ndetect: {slurm_features: false, cloud_metadata: false}\n"
+                 "slurm: {backend: none}\n" % (base, base))
+    print("%d nodes in %s/store; GPUHC_CONFIG=%s" % (len(build(C.load(conf), time.time())), base, conf))

@@ -134,3 +134,22 @@ def test_status_reads_summaries_only(tmp_path, make_cfg, monkeypatch):
     text = status.status_text(cfg, per_node=True)
     assert "gpu-001" in text
     assert SERIES not in opened and "history.jsonl" not in opened and "summary.json" in opened
+
+
+def test_a_record_of_an_unexpected_shape_leaves_its_node_out_not_the_report(tmp_path, caplog):
+    """Valid JSON of another shape (an Xid list that is a number, checks that are a list): the node's
+    series is skipped with a warning naming it; the other nodes are reported."""
+    from gpuhc.fleet.digest import Fleet, Window
+
+    st = Store(str(tmp_path / "store"), str(tmp_path / "state"), timeout=5.0)
+    now = time.time()
+    for node in ("gpu-001", "gpu-002"):
+        st.record(report(node=node, started=now - 100))
+    with open(node_file(st.root, "gpu-002", SERIES), "ab") as fh:
+        fh.write(b'{"t":%.3f,"c":"prolog","o":"REBOOT","x":5,"w":[1]}\n' % (now - 50))
+    caplog.set_level(logging.WARNING, logger="gpuhc.report")
+    fleet = Fleet(Window(now, 86400.0))
+    for node in ("gpu-001", "gpu-002"):
+        fleet.add(node, series.read_node(os.path.join(st.root, "nodes", node), now - 86400.0), 86400.0)
+    assert fleet.digests["gpu-001"].timeline.records == 1 and fleet.digests["gpu-002"].timeline.records == 0
+    assert "gpu-002: metric series skipped: a record of an unexpected shape" in caplog.text

@@ -4,6 +4,7 @@ split between detached readers (store/detach.py) for a large fleet. What fleet/r
 report from."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -15,6 +16,8 @@ from . import anomalies as A
 from . import reliability as R
 from . import scoring as S
 from .benchmarks import METRICS as BENCH_METRICS
+
+log = logging.getLogger("gpuhc.report")
 
 HEALTH_POINTS = 48             # points of the health-over-time plot
 MAX_TREND_BUCKETS = 14         # time buckets of the trends (one a day up to 14 days)
@@ -97,17 +100,32 @@ class Fleet:
             self.without_series.append(node)
             read = ([], None)
         records, prior = read
-        tl = R.walk(records, prior, w.start, w.end, w.edges, stale_after)
+        own: Dict[str, List[Optional[float]]] = {}
+        try:
+            tl = R.walk(records, prior, w.start, w.end, w.edges, stale_after)
+            d = NodeDigest(node, timeline=tl)
+            newest_env = records[-1].env if records else (prior.env if prior is not None else {})
+            profile = newest_env.get("p") or profile_hint or "?"
+            d.profile = profile if isinstance(profile, str) else "?"
+            if records:
+                own = self._metrics(d, records)
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError, ArithmeticError) as exc:
+            # valid JSON of another shape (a field of the wrong type): this node is left out, not the report
+            log.warning("%s: metric series skipped: a record of an unexpected shape (%s: %s)", node,
+                        type(exc).__name__, exc)
+            tl = R.walk([], None, w.start, w.end, w.edges, stale_after)
+            d = NodeDigest(node, timeline=tl, profile=profile_hint or "?")
+            own = {}
         for n, state in enumerate(tl.health):
             self.health[state][n] += 1
-        d = NodeDigest(node, timeline=tl)
-        newest_env = records[-1].env if records else (prior.env if prior is not None else {})
-        d.profile = newest_env.get("p") or profile_hint or "?"
-        if records:
-            self._metrics(d, records)
+        for key, series in own.items():
+            acc = self.trend.setdefault((d.profile, key), [[] for _ in range(w.buckets)])
+            for b, value in enumerate(series):
+                if value is not None:
+                    acc[b].append(value)
         self.digests[node] = d
 
-    def _metrics(self, d: NodeDigest, records: List[Any]) -> None:
+    def _metrics(self, d: NodeDigest, records: List[Any]) -> Dict[str, List[Optional[float]]]:
         """Parse the details of a few records: the newest, the oldest light one, and in each time bucket the
         newest deep record and the newest light record of a full suite (an epilog runs a subset of the
         prolog's checks: its record is taken only where the bucket has no other)."""
@@ -207,11 +225,6 @@ class Fleet:
             d.growth[key] = {g: (v - v0.get(g, v)) if v >= v0.get(g, v) else v for g, v in v1.items()}
             if key == "ecc.aggregate_corrected" or (key == "ecc.volatile_corrected" and "ecc.aggregate_corrected" not in last):
                 d.ecc_rate = A.ecc_growth(v0, v1, max(t1 - t0, 3600.0)) if t1 > t0 else {}
-        for key, series in own.items():
-            acc = self.trend.setdefault((d.profile, key), [[] for _ in range(w.buckets)])
-            for b, value in enumerate(series):
-                if value is not None:
-                    acc[b].append(value)
         d.drift = A.own_drift(d.node, own)
         # benchmark figures: the deep records, newest first
         newest_deep = None
@@ -240,6 +253,7 @@ class Fleet:
                         d.busbw_sizes[int(key[len(prefix):])] = float(value)
                     except ValueError:
                         pass
+        return own
 
 
 _CURRENT = frozenset(CURRENT)

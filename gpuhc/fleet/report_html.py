@@ -14,7 +14,8 @@ CSS = """
 body{font-family:DejaVu Sans,Arial,Helvetica,sans-serif;margin:24px auto;max-width:1180px;color:#212121;font-size:13px}
 h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;border-bottom:2px solid #1565c0;padding-bottom:3px;margin-top:30px}
 h3{font-size:13px;margin:14px 0 4px}.sub{color:#555}
-table{border-collapse:collapse;margin:4px 0 10px}td,th{border:1px solid #ddd;padding:2px 7px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:4px 0 10px}td,th{border:1px solid #ddd;padding:2px 7px;text-align:left;vertical-align:top;
+white-space:nowrap}td.long{white-space:normal;min-width:260px}.side{display:flex;flex-wrap:wrap;gap:28px;align-items:flex-start}
 th{background:#eceff1}td.n{text-align:right}.tiles{display:flex;flex-wrap:wrap;gap:10px;margin:10px 0}
 .tile{border-radius:6px;padding:8px 14px;min-width:110px;background:#eceff1}.tile b{display:block;font-size:22px}
 .t-bad{background:#ffcdd2}.t-warn{background:#fff3c4}.t-ok{background:#c8e6c9}.plots{display:flex;flex-wrap:wrap;gap:8px}
@@ -30,11 +31,14 @@ def _cell(value: Any) -> str:
         return "<td></td>"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return '<td class="n">%s</td>' % escape(str(value))
-    return "<td>%s</td>" % escape(clean(value))
+    text = clean(value)
+    return '<td%s>%s</td>' % (' class="long"' if len(text) > 48 else "", escape(text))
 
 
 def _score_cell(value: Any) -> str:
-    if not isinstance(value, int):
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
         return _cell(value)
     band = 0 if value < 40 else 1 if value < 60 else 2 if value < 80 else 3
     return '<td class="n s%d">%d</td>' % (band, value)
@@ -179,12 +183,14 @@ def html(rep: Dict[str, Any]) -> str:
         body.append('<section id="%s"><h2>%s</h2>' % (sid, escape(title)))
         if sid in ("scores", "trends", "checks", "pairs"):
             body.append(plots.get(sid, ""))
+        if sid == "summary":
+            body.append('<div class="side"><div>')
         for caption, heads, rows in tables:
             score_cols = set(range(2, 3 + len(S.DIMENSIONS))) if caption == "Nodes below 100" else \
                 ({1} if caption == "Nodes with findings" else None)
             body.append(table(caption, heads, rows, score_cols))
         if sid == "summary":
-            body.append(plots["summary"])
+            body.append("</div><div>%s</div></div>" % plots["summary"])
         if sid == "benchmarks":
             body.append(plots["benchmarks"])
         for note in notes:

@@ -125,7 +125,7 @@ class Canvas:
 
 
 def _time_label(ts: float, span: float) -> str:
-    return time.strftime("%m-%d %H:%M" if span <= 3 * 86400 else "%m-%d", time.gmtime(ts))
+    return time.strftime("%m-%d %H:%M" if span <= 8 * 86400 else "%m-%d", time.gmtime(ts))
 
 
 def stacked_area(label: str, edges: Sequence[float], layers: Sequence[Tuple[str, str, Sequence[int]]],

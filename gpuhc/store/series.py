@@ -303,18 +303,6 @@ def _time_of(raw: bytes) -> Optional[float]:
     return None
 
 
-def _valid(envs: List[Any]) -> bool:
-    """Whether every parsed envelope is one (the fast path's check; _envelope_problem names what is wrong)."""
-    for e in envs:
-        if type(e) is not dict:
-            return False
-        t = e.get("t")
-        if (type(t) is not float and type(t) is not int) or not MIN_TS <= t < MAX_TS \
-                or type(e.get("c")) is not str or type(e.get("o")) is not str:
-            return False
-    return True
-
-
 def parse(data: bytes, path: str, since: Optional[float] = None) -> Tuple[List[SeriesRecord], Optional[SeriesRecord]]:
     """(the records of a series file's bytes from ``since`` on, oldest first; the newest record before
     ``since``, or None). Lines are in append order, which is time order (a record flushed late from a
@@ -339,26 +327,42 @@ def parse(data: bytes, path: str, since: Optional[float] = None) -> Tuple[List[S
     numbers = [n for n in range(first, len(raws)) if raws[n]]
     parts = [raws[n].partition(b"\t") for n in numbers]
     heads = [p[0] for p in parts]
-    envs: List[Any] = []
+    envs: Optional[List[Any]] = []
     try:
         envs = json.loads(b"[" + b",".join(heads) + b"]")
-        if len(envs) != len(heads) or not _valid(envs):
-            envs = []
     except (ValueError, RecursionError):
-        envs = []
-    if heads and not envs:
-        envs = [_envelope(h, path, n + 1) for h, n in zip(heads, numbers)]
-    out = []
+        pass
+    out: List[SeriesRecord] = []
     before: Optional[SeriesRecord] = None
-    for env, part, n in zip(envs, parts, numbers):
-        if env is None:
-            continue
-        record = SeriesRecord(env, part[2] if part[1] else None, path, n + 1)
-        if since is not None and env["t"] < since:
-            if before is None or env["t"] >= before.env["t"]:
-                before = record
-            continue
-        out.append(record)
+    if isinstance(envs, list) and len(envs) == len(heads):
+        cut = since if since is not None else -1.0
+        for env, part, n in zip(envs, parts, numbers):      # checked as they are taken (_envelope_problem's rules)
+            if type(env) is not dict:
+                break
+            t = env.get("t")
+            if (type(t) is not float and type(t) is not int) or not MIN_TS <= t < MAX_TS \
+                    or type(env.get("c")) is not str or type(env.get("o")) is not str:
+                break
+            record = SeriesRecord(env, part[2] if part[1] else None, path, n + 1)
+            if t < cut:
+                if before is None or t >= before.env["t"]:
+                    before = record
+            else:
+                out.append(record)
+        else:
+            envs = None                                    # all taken
+    if envs is not None and heads:                          # one is bad: line by line, each bad one named
+        out, before = [], None
+        for head, part, n in zip(heads, parts, numbers):
+            env = _envelope(head, path, n + 1)
+            if env is None:
+                continue
+            record = SeriesRecord(env, part[2] if part[1] else None, path, n + 1)
+            if since is not None and env["t"] < since:
+                if before is None or env["t"] >= before.env["t"]:
+                    before = record
+                continue
+            out.append(record)
     out.sort(key=_start)
     return out, before
 
