@@ -114,6 +114,11 @@ def test_filters_window_output_and_errors(fleet, tmp_path):
     assert only["filters"]["nodes"] == "gpu-[009-010]"
     day = json.loads(run(fleet, "--json", "--since", "1d").stdout)
     assert day["window"]["seconds"] == 86400 and day["summary"]["incidents"] == 1     # the lemon, yesterday
+    # drained and given its verdict days before the window: still to be replaced, with its evidence
+    hour = json.loads(run(fleet, "--json", "--since", "1h").stdout)
+    assert hour["summary"]["incidents"] == 0
+    assert [(x["node"], x["why"]) for x in hour["summary"]["needs_person"]["replace"]] == [
+        (F.QUARANTINED, "quarantine verdict REPLACE")]
     out = tmp_path / "report.md"
     res = run(fleet, "--format", "markdown", "--output", str(out))
     assert res.stdout == "" and out.read_text().startswith("# gpuhc report")

@@ -217,6 +217,16 @@ def test_drained_before_the_window_counts_from_its_start_not_as_an_incident():
     assert [R.HEALTH[s] for s in tl.health] == ["REBOOT", "PASS"]
 
 
+def test_held_drained_since_before_the_window_takes_the_tier_and_verdict_of_what_drained_it():
+    cause = rec(-5000, "ISOLATE", c="quarantine", a="drain", v="REPLACE", e="ISOLATE memory_remap GPU6: no spare rows")
+    prior = rec(-100, "PASS", c="healthcheck", a="held")
+    prior.cause = cause
+    tl = R.walk([], prior, 0.0, 1000.0, [500.0], 86400.0)
+    assert tl.drained_at_start.tier == "ISOLATE" and tl.drained_at_start.evidence.startswith("ISOLATE memory_remap")
+    assert tl.verdict_before == (-5000.0, "REPLACE", cause.env["e"]) and tl.incidents == []
+    assert [R.HEALTH[s] for s in tl.health] == ["ISOLATE"]
+
+
 def test_health_is_none_before_the_first_record_and_once_stale():
     tl = R.walk([rec(100)], None, 0.0, 10 * DAY, [50.0, 200.0, 3 * DAY], DAY)
     assert [R.HEALTH[s] for s in tl.health] == ["none", "PASS", "none"]

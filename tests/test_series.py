@@ -117,6 +117,17 @@ def test_since_keeps_the_newest_record_before_it_as_the_prior(tmp_path):
     assert [r.env["t"] for r in records] == [round(now - 1000 + n * 100, 3) for n in range(6, 10)]
     assert prior.env["t"] == round(now - 500, 3)
     assert series.read_node(os.path.join(st.root, "nodes", "gpu-002")) is None      # no series at all
+    # a node held drained at the window's start: the record that drained it comes with the prior
+    drained = report(node="gpu-003", started=now - 900, sev=Severity.REBOOT)
+    drained.action = "drain"
+    st.record(drained)
+    for n in range(5):
+        held = report(node="gpu-003", started=now - 800 + n * 100)
+        held.action = "held"
+        st.record(held)
+    records, prior = series.read_node(os.path.join(st.root, "nodes", "gpu-003"), since=now - 550)
+    assert len(records) == 2 and prior.env["a"] == "held" and prior.cause.env["t"] == round(now - 900, 3)
+    assert prior.cause.env["o"] == "REBOOT" and records[0].cause is None
 
 
 def test_status_reads_summaries_only(tmp_path, make_cfg, monkeypatch):

@@ -66,6 +66,7 @@ class Timeline:
     observed_from: Optional[float] = None       # start of the time the node was observed
     incidents: List[Incident] = field(default_factory=list)
     drained_at_start: Optional[Incident] = None   # drained before the window began, still at its start
+    verdict_before: Optional[Tuple[float, str, str]] = None   # the verdict of that drain, when it was one
     drains: int = 0                              # drain records (incidents and re-drains)
     resumes: int = 0
     would_drain: int = 0
@@ -102,8 +103,13 @@ def walk(records: Sequence[Any], prior: Optional[Any], since: float, end: float,
         for gpu, number, count, _ in env.get("x") or ():
             prev_x[(gpu, number)] = count
         if _drains(env) or env.get("a") == "held":
-            drained = Incident(since, _tier(env), env.get("e") or "")
+            # held: the record that drained the node (store/series.py finds it before the window) says why
+            cause = getattr(prior, "cause", None)
+            source = cause.env if cause is not None and not _drains(env) else env
+            drained = Incident(since, _tier(source), source.get("e") or env.get("e") or "")
             tl.drained_at_start = drained
+            if "v" in source:
+                tl.verdict_before = (source["t"], source["v"], source.get("e") or "")
         tl.observed_from = since
     state_times: List[float] = []
     states: List[int] = []

@@ -269,14 +269,16 @@ def assemble(fleet: Fleet, statuses: List[Any], pair_records: List[Dict[str, Any
     needs: Dict[str, List[Dict[str, Any]]] = {"replace": [], "reboot": [], "reset": []}
     for st in statuses:
         node_tl = timelines.get(st.node)
-        verdict = node_tl.verdicts[-1] if node_tl and node_tl.verdicts else None
+        verdict = (node_tl.verdicts[-1] if node_tl.verdicts else node_tl.verdict_before) if node_tl else None
+        incident = (node_tl.incidents[-1] if node_tl.incidents else node_tl.drained_at_start) if node_tl else None
+        # the tier: Slurm's reason (or the newest result), else the drain's own record
+        tier = st.severity if st.severity in NEEDS else (incident.tier if incident is not None else "")
         what, evidence, source = None, "", ""
         out = st.health in OUT_OF_SERVICE
         if verdict is not None and verdict[1] in NEEDS and out:
             what, evidence, source = NEEDS[verdict[1]], verdict[2], "quarantine verdict %s" % verdict[1]
-        elif out and st.severity in NEEDS:
-            what, source = NEEDS[st.severity], "%s %s" % (st.health, st.severity)
-            incident = (node_tl.incidents[-1] if node_tl.incidents else node_tl.drained_at_start) if node_tl else None
+        elif out and tier in NEEDS:
+            what, source = NEEDS[tier], "%s %s" % (st.health, tier)
             evidence = (incident.evidence if incident is not None else "") or st.reason or \
                 (node_tl.newest_evidence if node_tl else "")
         if what:

@@ -228,13 +228,15 @@ def compact(directory: str, now: float, max_records: int, max_age: float,
 class SeriesRecord:
     """One line of a node's series: the envelope's fields, and the detail parsed on first use."""
 
-    __slots__ = ("env", "_raw", "_detail", "_path", "_line")
+    __slots__ = ("env", "_raw", "_detail", "_path", "_line", "cause")
 
     def __init__(self, env: Dict[str, Any], raw: Optional[bytes], path: str, line: int) -> None:
         self.env = env
         self._raw = raw
         self._detail: Optional[Dict[str, Any]] = None
         self._path, self._line = path, line
+        # of a prior record (parse) that says the node is held drained: the record that drained it
+        self.cause: Optional["SeriesRecord"] = None
 
     @property
     def t(self) -> float:
@@ -364,7 +366,24 @@ def parse(data: bytes, path: str, since: Optional[float] = None) -> Tuple[List[S
                 continue
             out.append(record)
     out.sort(key=_start)
+    if before is not None and before.env.get("a") == "held":
+        before.cause = _drained_by(raws, before._line - 1, path)
     return out, before
+
+
+CAUSE_SEARCH = 5000          # lines searched back for the record that drained a node held drained
+
+
+def _drained_by(raws: List[bytes], end: int, path: str) -> Optional[SeriesRecord]:
+    """The newest record with action drain among the lines before index ``end`` (a byte search, then one
+    parse): why a node that the window finds held drained was drained, though that was before it."""
+    for n in range(end - 1, max(-1, end - 1 - CAUSE_SEARCH), -1):
+        head, tab, body = raws[n].partition(b"\t")
+        if b'"a":"drain"' in head:
+            env = _envelope(head, path, n + 1)
+            if env is not None and env.get("a") == "drain":
+                return SeriesRecord(env, body if tab else None, path, n + 1)
+    return None
 
 
 def _start(record: SeriesRecord) -> float:
