@@ -123,8 +123,9 @@ def defaults() -> Dict[str, Any]:
         "job_optout": {"allowed": False, "token": "gpuhc:skip-slow"},
         # `gpuhc quarantine NODELIST`: a MAINT reservation on the node (for `reservation_user`), the
         # node resumed inside it, and sbatch `script` (default: sbatch/quarantine.sbatch beside the
-        # package) -w NODE --exclusive --reservation, --time time_limit s, --deadline `deadline` s
-        # after submission; the reservation lasts time_limit + deadline + `grace`. At most
+        # package) -w NODE --exclusive --reservation, --time time_limit s; `deadline`: how long the
+        # job may wait to start (Slurm's --deadline is set to that plus the time limit, since Slurm
+        # cancels a job that cannot end by it); the reservation lasts time_limit + deadline + `grace`. At most
         # max_concurrent nodes in quarantine at once, and max_per_partition in one partition.
         # auto_reset: on a RESET verdict, reset the GPUs and rerun the failing checks once;
         # auto_reboot: on a REBOOT verdict, `scontrol reboot ASAP nextstate=DOWN`.

@@ -86,3 +86,16 @@ def test_verdict_actions_respect_what_brought_the_node():
 def test_was_reason_unwraps_quarantine_reasons():
     assert Q.was_reason("gpuhc: quarantine job 12 running (was: gpuhc: RESET nvlink: x)") == "gpuhc: RESET nvlink: x"
     assert Q.was_reason("bios update") == "bios update"
+
+
+def test_the_jobs_deadline_leaves_room_for_its_time_limit():
+    """quarantine.deadline is how long the job may wait to start; Slurm's --deadline is when it must
+    have ended, and Slurm cancels at once a job whose deadline is closer than its time limit (the
+    defaults, 2 h limit and 1 h wait, did exactly that)."""
+    import time
+
+    c = cfg()
+    spec = Q._spec(c, Q.Step("gpu-001", "go", was="gpuhc: RESET x", partition="gpu"))
+    now = time.time()
+    assert spec.deadline >= now + c["quarantine"]["time_limit"] + c["quarantine"]["deadline"] - 5
+    assert spec.time_limit == int(c["quarantine"]["time_limit"] // 60) and spec.reservation == "gpuhc-quarantine-gpu-001"

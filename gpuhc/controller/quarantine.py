@@ -33,6 +33,7 @@ NAME_PREFIX = "gpuhc-quarantine-"
 REQUESTED = PREFIX + " quarantine: requested"
 LIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "STAGE_OUT",
         "SIGNALING"}
+NEVER_RAN = {"DEADLINE", "CANCELLED", "BOOT_FAIL"}       # a job Slurm ended before it started
 GONE = {"DOWN", "NOT_RESPONDING", "NO_RESPOND", "POWERED_DOWN", "POWERING_DOWN", "FUTURE"}
 REASON_MAX = 200
 
@@ -156,7 +157,10 @@ def _spec(cfg: Dict[str, Any], step: Step) -> JobSpec:
         env["GPUHC_CONFIG"] = cfg["_path"]
     return JobSpec(script=script, name=reservation_name(step.node), nodelist=[step.node], exclusive=True,
                    reservation=reservation_name(step.node), time_limit=max(1, int(conf["time_limit"] // 60)),
-                   deadline=time.time() + float(conf["deadline"]), partition=step.partition,
+                   # quarantine.deadline is how long the job may wait to start: Slurm's --deadline is
+                   # when it must have ended (a deadline closer than the time limit cancels it at once)
+                   deadline=time.time() + float(conf["deadline"]) + float(conf["time_limit"]),
+                   partition=step.partition,
                    qos=conf["qos"] or "", comment="gpuhc quarantine of %s" % step.node,
                    output=conf["output"], env=env)
 
@@ -198,10 +202,28 @@ def _enter(cfg: Dict[str, Any], slurm: Any, step: Step) -> str:
     slurm.create_reservation(name, [node], duration=minutes, users=(conf["reservation_user"],))
     try:
         slurm.resume(node)                      # only the reservation's jobs can start there now
-        return slurm.submit(_spec(cfg, step))
+        job_id = slurm.submit(_spec(cfg, step))
     except Exception:       # whatever failed, nothing is left half-done
         _undo(slurm, node, name, step.was if step.was != REQUESTED else REQUESTED)
         raise
+    refused = _refused_at_once(slurm, job_id)
+    if refused:         # Slurm dropped the job as it came (its deadline, a limit): no quarantine runs
+        _undo(slurm, node, name, step.was if step.was != REQUESTED else REQUESTED)
+        raise SlurmError("Slurm ended quarantine job %s at once (%s): node drained as it came" % (job_id, refused))
+    return job_id
+
+
+def _refused_at_once(slurm: Any, job_id: str, settle: float = 2.0) -> str:
+    """Why Slurm ended a just-submitted job without running it ('' when it is pending or running):
+    a deadline closer than its time limit, a QOS or partition limit. Looked at for ``settle`` s."""
+    until = time.monotonic() + settle
+    while True:
+        found = [j for j in slurm.jobs(ids=[job_id]) if j.job_id == str(job_id)]
+        if found and found[0].state in NEVER_RAN:
+            return "%s%s" % (found[0].state, ", " + found[0].reason if found[0].reason else "")
+        if (found and found[0].state not in ("PENDING", "CONFIGURING")) or time.monotonic() > until:
+            return ""           # it runs (or ran: its epilog's finisher takes it from here)
+        time.sleep(0.5)
 
 
 def _undo(slurm: Any, node: str, name: str, reason: str) -> None:
