@@ -361,6 +361,10 @@ def _check_meaning(cfg: Dict[str, Any], data: Dict[str, Any], source: str) -> No
     if cfg["resume"]["passes"] < 1:
         raise fail("resume.passes", "at least 1 pass is needed, got %d" % cfg["resume"]["passes"])
     _check_sweep(cfg, data, fail)
+    nccl = cfg["nccl"]
+    if nccl["deadline"] <= nccl["time_limit"]:
+        raise fail("nccl.deadline", "Slurm drops a job that cannot end by its deadline: %g s after submission "
+                   "is not more than nccl.time_limit %g s" % (nccl["deadline"], nccl["time_limit"]))
 
 
 def _check_sweep(cfg: Dict[str, Any], data: Dict[str, Any], fail: Any) -> None:

@@ -112,3 +112,9 @@ def test_yaml_anchors_and_merge_keys_still_work(tmp_path):
     path.write_text("base: &b {a: 1}\n")        # an unknown key is still an unknown key
     with pytest.raises(ConfigError, match="unknown key 'base'"):
         C.load(str(path))
+
+
+def test_an_nccl_job_that_could_never_end_by_its_deadline_is_refused():
+    """Slurm cancels at submission a job whose --deadline is closer than its time limit."""
+    with pytest.raises(ConfigError, match="nccl.deadline"):
+        C.validate({"nccl": {"deadline": 100, "time_limit": 600}})
