@@ -117,7 +117,7 @@ def own_drift(node: str, buckets: Dict[str, List[Optional[float]]]) -> List[Dict
         if metric not in TREND:
             continue
         points = [v for v in series if v is not None]
-        if len(points) < 3:
+        if len(points) < 3 or min(points) == max(points):       # too few, or nothing moved
             continue
         newest, earlier = points[-1], points[:-1]
         label, direction, floor, _ = TREND[metric]

@@ -197,7 +197,8 @@ class Fleet:
                     series = own[key] = [None] * w.buckets
                 elif series[b] is not None:
                     continue
-                value = A.reduce(m[key], A.TREND[key][3])
+                raw = m[key]
+                value = raw if type(raw) is float or type(raw) is int else A.reduce(raw, A.TREND[key][3])
                 if value is not None:
                     series[b] = value
                     if key not in d.newest:
