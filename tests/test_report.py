@@ -250,3 +250,34 @@ def test_grafana_dashboard_queries_only_metrics_the_export_writes(run_scenario, 
             assert any(re.fullmatch(pattern, n) for n in written), pattern
         for name in re.findall(r"\bgpuhc_[a-z0-9_]+", re.sub(r'__name__=~"[^"]+"', "", expr)):
             assert name in written, (name, expr)
+
+
+@pytest.mark.parametrize("readers", [1, 2])
+def test_a_slow_store_ends_within_report_timeout(tmp_path, monkeypatch, readers):
+    """A series read that does not answer (a hung mount) ends the report after report.timeout with one
+    line, in this process or with detached readers (left behind, they end on their own)."""
+    from gpuhc.errors import GpuhcError
+    from gpuhc.fleet import digest as D
+    from gpuhc.fleet import report as R
+    from gpuhc.store import Store, series
+
+    cfg = C.validate({"store": str(tmp_path / "store"), "state_dir": str(tmp_path / "state"),
+                      "slurm": {"backend": "none"}, "report": {"timeout": 1}}, "test")
+    st = Store.from_config(cfg)
+    for n in range(4):
+        st.record(_report("gpu-%03d" % n))
+    real = series.read_node
+    monkeypatch.setattr(series, "read_node", lambda *a, **k: (time.sleep(30), real(*a, **k))[1])
+    monkeypatch.setattr(D, "NODES_PER_WORKER", 2 if readers > 1 else 10 ** 9)
+    monkeypatch.setattr(D.os, "cpu_count", lambda: readers)
+    started = time.monotonic()
+    with pytest.raises(GpuhcError, match=r"no answer within 1 s"):
+        R.build(cfg)
+    assert time.monotonic() - started < 5
+
+
+def _report(node):
+    from gpuhc.model import Finding, Report, Severity
+
+    now = time.time()
+    return Report(node, "prolog", "dgx-h100", now - 60, now - 59, [Finding("ecc", Severity.PASS, "ok")])
