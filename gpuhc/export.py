@@ -227,12 +227,18 @@ def export_prometheus(cfg: Dict, output: Optional[str] = None, nodelist: Optiona
     text = fam.text()
     if not output:
         return text
+    write_output(output, text)
+    return ""
+
+
+def write_output(output: str, text: str) -> None:
+    """Write a command's ``--output`` file atomically, where output_target allows it; GpuhcError
+    (one line) otherwise."""
     target = output_target(output)
     try:
         atomic_write(target, text.encode())
     except OSError as exc:
         raise GpuhcError("--output %s: cannot write: %s" % (output, exc.strerror or exc)) from None
-    return ""
 
 
 def output_target(output: str) -> str:

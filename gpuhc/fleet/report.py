@@ -452,9 +452,8 @@ def report_output(cfg: Dict[str, Any], partitions: Optional[str], nodelist: Opti
                   fmt: str, output: Optional[str], progress: Optional[Callable[[str], None]] = None,
                   now: Optional[float] = None) -> str:
     """`gpuhc report`: the text to print, or "" once written (atomically) to ``output``."""
-    from ..export import output_target
+    from ..export import write_output
     from ..status import parse_duration
-    from ..store import atomic_write
     from . import report_render
     from .slurm_view import slurm_view
 
@@ -476,9 +475,5 @@ def report_output(cfg: Dict[str, Any], partitions: Optional[str], nodelist: Opti
         text = report_render.text(rep, markdown=fmt == "markdown")
     if not output:
         return text
-    target = output_target(output)
-    try:
-        atomic_write(target, text.encode())
-    except OSError as exc:
-        raise GpuhcError("--output %s: cannot write: %s" % (output, exc.strerror or exc)) from None
+    write_output(output, text)
     return ""
