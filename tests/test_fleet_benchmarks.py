@@ -76,6 +76,12 @@ def test_gpuhc_bench_collect_and_stragglers_on_the_command_line(make_cfg, tmp_pa
     res = gpuhc("bench", "--collect", "gpu-[001-004,009]", "--job", "9", "--json", env=env)
     out = json.loads(res.stdout)
     assert out["missing"] == ["gpu-009"] and out["median"]["matmul_tflops"] == 790.0
+    # each collection is kept in the store's benchmark history, one record a job
+    from gpuhc.store import BenchmarkHistory
+    (first, second) = BenchmarkHistory.from_config(cfg).read(job_ids=["9"])[:2]
+    assert {r["passed"] for r in (first, second)} == {False} and first["job_id"] == "9"
+    assert first["nodes"] == ["gpu-001", "gpu-002", "gpu-003", "gpu-004"]
+    assert first["figures"]["gpu-004"]["matmul_tflops"] == 500 and first["slow"][0]["node"] == "gpu-004"
     res = gpuhc("stragglers", "--json", env=env)
     assert res.returncode == 1
     assert {s["node"] for s in json.loads(res.stdout)["stragglers"]} == {"gpu-004"}

@@ -32,5 +32,10 @@ def test_benchmark_job_over_four_nodes_flags_the_slow_one(slurm, tmp_path):
         records = json.loads(s.gpuhc("history", node, "--json", check=True).stdout)
         bench = [r for r in records if r["context"] == "bench"]
         assert bench and bench[0]["job_id"] == str(job), (node, records)
+    # the job's aggregate is in the store's benchmark history
+    from gpuhc import config
+    from gpuhc.store import BenchmarkHistory
+    (agg,) = BenchmarkHistory.from_config(config.load(slurm.gpuhc_config)).read(job_ids=[str(job)])
+    assert agg["nodes"] == NODES and agg["passed"] is False and agg["slow"][0]["node"] == "gpu-003"
     # the nodes are untouched by a benchmark (it never drains)
     assert all("DRAIN" not in s.state(n)[0] for n in NODES)

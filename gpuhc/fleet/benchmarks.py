@@ -220,6 +220,8 @@ def collect_job(cfg: Dict[str, Any], nodes: Sequence[str], job: Optional[str], a
     result.update({"job": job, "missing": missing})
     bad = result["slow"] or any(v not in ("PASS", "MONITOR") for v in result["overall"].values())
     code = 3 if missing and not reports else (1 if bad else 0)
+    if reports:
+        result["recorded"] = _record_aggregate(cfg, result, job, passed=not bad and not missing)
     if as_json:
         return json.dumps(result, indent=2), code
     rows, headers = job_rows(result) if reports else ([], [])
@@ -230,6 +232,25 @@ def collect_job(cfg: Dict[str, Any], nodes: Sequence[str], job: Optional[str], a
     for node in missing:
         lines.append("no figures: %s (no bench result%s in the store)" % (node, " of job %s" % job if job else ""))
     return "\n".join(lines) or "no figures", code
+
+
+def _record_aggregate(cfg: Dict[str, Any], result: Dict[str, Any], job: Optional[str], passed: bool) -> bool:
+    """The job's aggregate into the store's benchmark history (store/pairs.py BenchmarkHistory);
+    a store that refuses is a warning on stderr, not a failure of the job's verdict."""
+    import time
+
+    from ..store import BenchmarkHistory, StoreError
+
+    record = {"nodes": sorted(result["nodes"]), "passed": passed, "time": time.time(), "job_id": job,
+              "busbw_gbps": result["median"].get("busbw_gbps"), "median": result["median"],
+              "figures": result["nodes"], "overall": result["overall"], "slow": result["slow"],
+              "missing": result["missing"], "purpose": "benchmark"}
+    try:
+        BenchmarkHistory.from_config(cfg).append(record)
+        return True
+    except StoreError as exc:
+        _progress("warning: benchmark aggregate not recorded: %s" % exc)
+        return False
 
 
 def stragglers_text(cfg: Dict[str, Any], partitions: Optional[str], nodelist: Optional[str], metric: Optional[str],

@@ -52,6 +52,7 @@ from .files import (
                     atomic_write,
                     read_many,
 )
+from .pairs import BenchmarkHistory as BenchmarkHistory  # benchmark jobs' aggregates (pairs.py)
 from .pairs import PairHistory as PairHistory  # the pair history of multi-node all-reduce runs (pairs.py)
 from .reading import StoreReader, bounded
 from .records import StoreError, check_node_name, encode, summarize, summary_problem

@@ -76,12 +76,15 @@ def record_problem(record: Any) -> Optional[str]:
 
 class PairHistory:
     """The store's pair history. ``root``: the store's root (config ``store``); the other arguments as
-    the Store's (timeouts, and the node history's limits, which compaction scales by PAIR_RECORDS_FACTOR)."""
+    the Store's (timeouts, and the node history's limits, which compaction scales by PAIR_RECORDS_FACTOR).
+    A subclass names another directory (SUBDIR) for another history of node groups."""
+
+    SUBDIR = PAIRS_DIR
 
     def __init__(self, root: str, timeout: float = 2.0, read_timeout: float = 30.0, max_records: int = 1000,
                  max_age_days: float = 90.0, auto_init: bool = True) -> None:
         self.root = os.path.abspath(root)
-        self.dir = os.path.join(self.root, PAIRS_DIR)
+        self.dir = os.path.join(self.root, self.SUBDIR)
         self.path = os.path.join(self.dir, PAIR_HISTORY)
         self.timeout = float(timeout)
         self.read_timeout = float(read_timeout)
@@ -116,7 +119,7 @@ class PairHistory:
         store = Store(self.root, None, timeout=self.timeout, auto_init=self.auto_init)
         store._prepare_root()              # trusted, and carrying the marker (a mount), as for node records
         mkdir(self.dir)
-        if os.path.realpath(self.dir) != os.path.join(os.path.realpath(self.root), PAIRS_DIR):
+        if os.path.realpath(self.dir) != os.path.join(os.path.realpath(self.root), self.SUBDIR):
             raise StoreError("store %s: %s is not a directory of the store: refused" % (self.root, self.dir))
         require_trusted(self.dir, "store directory %s" % self.dir)
 
@@ -277,3 +280,11 @@ def _last_line_end(fd: int, size: int) -> int:
 def dumps(record: Dict[str, Any]) -> str:
     """A record as one line of JSON (what a step prints for its driver)."""
     return json.dumps(record, separators=(",", ":"), sort_keys=True)
+
+
+class BenchmarkHistory(PairHistory):
+    """The benchmark jobs' aggregates (sbatch/benchmark.sbatch's `gpuhc bench --collect`): one record a
+    job, of the pair history's shape (``nodes``, ``passed``, ``time``, ``job_id``) with the job's
+    median figures, each node's, and the slow nodes; under <store>/benchmarks/."""
+
+    SUBDIR = "benchmarks"
