@@ -74,8 +74,8 @@ def in_maintenance(slurm: Slurm, view: NodeView) -> Tuple[NodeView, Optional[str
     as before."""
     try:
         reservations = slurm.reservation_list()
-    except (SlurmError, NotImplementedError) as exc:
-        log("warning: reservations unreadable, judging by the node's flags: %s" % (exc or "not supported"))
+    except SlurmError as exc:
+        log("warning: reservations unreadable, judging by the node's flags: %s" % exc)
         return view, None
     holding = [r for r in reservations if r.active and view.name in r.nodes and "MAINT" in r.flags]
     if holding:

@@ -71,18 +71,25 @@ def resume_nodes(cfg: Dict[str, Any], nodes: Sequence[str], force: bool) -> List
             out.append((node, "skipped", "not drained"))
         elif not view.owned_by_gpuhc:
             out.append((node, "refused", "drained by someone else: %s" % (view.reason or "no reason")))
-        elif in_maintenance(slurm, view)[1]:
-            out.append((node, "refused", "%s: a quarantine runs there (gpuhc quarantine --cancel %s ends it)"
-                        % (in_maintenance(slurm, view)[1], node)))
-        elif force:
-            store.acknowledge(node)
-            action = carry_out(slurm, node, policy.Action(policy.RESUME, why="forced by operator"), view)
-            out.append((node, "resumed" if action.kind == policy.RESUME else "error", action.why))
         else:
-            history = store.history(node)
-            drained_by = next((r for r in history if r.action == policy.DRAIN), None)
-            action = policy.may_resume(view, history, cfg, drained_by, manual=True)
-            if action.kind == policy.RESUME:
-                action = carry_out(slurm, node, action, view)
-            out.append((node, "resumed" if action.kind == policy.RESUME else "kept", action.why))
+            out.append((node,) + _resume_one(cfg, slurm, store, view, force))
     return out
+
+
+def _resume_one(cfg: Dict[str, Any], slurm: Slurm, store: Any, view: NodeView, force: bool) -> Tuple[str, str]:
+    """(result, why) for one node gpuhc drained: never inside a maintenance reservation (a quarantine
+    runs there); now with ``force``; else on the evidence of its history."""
+    node = view.name
+    reserved = in_maintenance(slurm, view)[1]
+    if reserved:
+        return "refused", "%s: a quarantine runs there (gpuhc quarantine --cancel %s ends it)" % (reserved, node)
+    if force:
+        store.acknowledge(node)
+        action = carry_out(slurm, node, policy.Action(policy.RESUME, why="forced by operator"), view)
+        return ("resumed" if action.kind == policy.RESUME else "error"), action.why
+    history = store.history(node)
+    drained_by = next((r for r in history if r.action == policy.DRAIN), None)
+    action = policy.may_resume(view, history, cfg, drained_by, manual=True)
+    if action.kind == policy.RESUME:
+        action = carry_out(slurm, node, action, view)
+    return ("resumed" if action.kind == policy.RESUME else "kept"), action.why

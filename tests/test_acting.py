@@ -77,8 +77,8 @@ class FakeSlurm(Slurm):
         time.sleep(min(self.comment_delay, self.time_left("scontrol show job")))
         return JobView(str(job_id))
 
-    def reservations(self):
-        return {}
+    def reservation_list(self):
+        return []
 
 
 # 1. Slurm 23.11+ (data_parser v0.0.40+): `sinfo --json` prints {"sinfo": [...]} records (one per

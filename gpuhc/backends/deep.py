@@ -126,7 +126,11 @@ class TorchDeep:
         if collector.is_alive():
             _kill(proc)
             raise DeepError(HANG, kind, "no result within %.0f s" % timeout_s)
-        rc = proc.wait(max(0.1, deadline - time.monotonic())) if proc.poll() is None else proc.returncode
+        try:        # its output is closed; it exits now, or is killed with its group
+            rc = proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            rc = None
         reader.join(1.0)
         try:
             out = json.loads((result[0] if result else b"").decode("utf-8", "replace") or "null")

@@ -158,10 +158,12 @@ def _context_command(context: str, doc: str):
     @click.pass_context
     def command(ctx: click.Context, node: Optional[str], as_json: bool) -> None:
         from .. import contexts
+        from ..contexts.pipeline import process_started
 
         logging.getLogger("gpuhc").addHandler(SyslogHandler(context))
         try:
-            outcome = contexts.run(load_config(ctx), context, node=node, simulate=_state(ctx).get("simulate"))
+            outcome = contexts.run(load_config(ctx), context, node=node, simulate=_state(ctx).get("simulate"),
+                                   started=process_started())
         except Exception as exc:
             # slurmd discards the output: without this line a misconfigured node drains with
             # Slurm's "Prolog error" and nothing on it says why (stderr gets the line from Group)

@@ -8,7 +8,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import GpuhcError
-from ..model import EXIT_UNKNOWN, EXIT_USAGE
+from ..model import EXIT_UNKNOWN
 
 ROWS = ["NODE", "RESULT", "RESERVATION", "JOB", "WHY"]
 
@@ -96,5 +96,3 @@ def _run_here(cfg: Dict[str, Any], node: Optional[str], simulate: Optional[str],
                                      ": " + outcome.action.why if outcome.action.why else "")]
     return "\n".join(lines), outcome.exit_code
 
-
-__all__ = ["main", "EXIT_USAGE"]

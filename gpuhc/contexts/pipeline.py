@@ -79,13 +79,16 @@ class NodeContext:
 
 def run(cfg: Dict[str, Any], context: NodeContext, node: Optional[str] = None, simulate: Optional[str] = None,
         env: Optional[Dict[str, str]] = None, suite: Optional[str] = None, checks=(), record: bool = True,
-        progress: Optional[Callable[[str], None]] = None) -> Outcome:
+        progress: Optional[Callable[[str], None]] = None,
+        started: Optional[float] = None) -> Outcome:
     """One context on this node: checks, then drain/comment/resume, record, and the lines."""
     req = Request(env=dict(os.environ if env is None else env), node=node, simulate=simulate, suite=suite,
                   checks=list(checks), record=record)
     # checks, Slurm and the store together, counted from the process's exec (interpreter start,
     # imports and config load are inside the budget, as slurmd counts them)
-    deadline = process_started() + config.budget(cfg, context.name) - EXIT_MARGIN
+    # (``started``: time.monotonic() when the process began, passed by the command line; a caller
+    # that runs the pipeline inside a longer-lived process counts from now)
+    deadline = (time.monotonic() if started is None else started) + config.budget(cfg, context.name) - EXIT_MARGIN
     if context.to_syslog:
         syslogging.until(deadline)
     try:
@@ -114,7 +117,6 @@ def _run(cfg: Dict[str, Any], context: NodeContext, req: Request, deadline: floa
     return Outcome(report, action, context.exit_code(report, action), detection, run_ctx, lines, notes)
 
 
-STARTUP_MAX = 5.0      # seconds: older than this, the pipeline runs inside a longer-lived process
 EXIT_MARGIN = 0.2      # seconds of the budget kept for printing the result and leaving the process
 
 
@@ -127,9 +129,8 @@ def store_share(cfg: Dict[str, Any]) -> float:
 
 def process_started() -> float:
     """time.monotonic() when this process was started (/proc/self/stat starttime against
-    CLOCK_BOOTTIME, 10 ms resolution), so a budget covers the whole process from exec to exit;
-    now where that cannot be read or the process is older than STARTUP_MAX (a test, a job step
-    that runs the pipeline itself)."""
+    CLOCK_BOOTTIME, 10 ms resolution), so the command line's budget covers the whole process from
+    exec to exit; now where that cannot be read."""
     now = time.monotonic()
     try:
         with open("/proc/self/stat", "rb") as fh:
@@ -138,7 +139,7 @@ def process_started() -> float:
         age = time.clock_gettime(time.CLOCK_BOOTTIME) - started
     except (OSError, ValueError, IndexError, AttributeError):
         return now
-    return now - age if 0.0 <= age < STARTUP_MAX else now
+    return now - age if age >= 0.0 else now
 
 
 def job_gpus(env: Dict[str, str]) -> Optional[set]:

@@ -25,6 +25,7 @@ from .. import policy
 from ..acting import carry_out, log
 from ..backends.slurm import Slurm, SlurmError
 from ..model import Report, Severity
+from ..session import node_name
 from ..text import clean
 from .pipeline import NodeContext, Request
 
@@ -78,14 +79,15 @@ def take_mark(state_dir: str, job_id: Optional[str]) -> bool:
 
 class Quarantine(NodeContext):
     name = "quarantine"
-    to_syslog = True
 
     def suite(self, cfg: Dict[str, Any], req: Request, slurm: Optional[Slurm]) -> str:
         job = req.env.get("SLURM_JOB_ID")
         if slurm is not None and job:
             was = req.env.get("GPUHC_QUARANTINE_WAS") or ""
             try:
-                slurm.drain(req.node or _node(req), policy_reason_running(job, was))
+                from ..controller.quarantine import running_reason  # not on every epilog's path
+
+                slurm.drain(node_name(req.node), running_reason(job, was))
             except SlurmError as exc:
                 log("warning: could not drain for the quarantine's duration: %s" % exc)
             try:
@@ -150,18 +152,6 @@ class Quarantine(NodeContext):
 
     def exit_code(self, report: Report, action: policy.Action) -> int:
         return 0 if report.verdict == "RETURN_TO_SERVICE" else (3 if report.verdict == "INCONCLUSIVE" else 1)
-
-
-def _node(req: Request) -> str:
-    from ..session import node_name
-
-    return node_name(req.node)
-
-
-def policy_reason_running(job_id: str, was: str) -> str:
-    from ..controller.quarantine import running_reason
-
-    return running_reason(job_id, was)
 
 
 def _action(cfg: Dict[str, Any], report: Report, was: str) -> policy.Action:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..backends.slurm import JobInfo, JobSpec, NodeView, ReservationView, SlurmError
@@ -244,7 +244,6 @@ class Entry:
     started: Optional[int] = None
     reason: str = ""
     ends: Optional[int] = None
-    notes: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return dict(self.__dict__)
